@@ -1,0 +1,63 @@
+"""Alembic's entry point: migrations run against the service's own database.
+
+The URL comes from `config.attributes["database_url"]` when a caller (the
+tests, the CLI) passes one, else from the service's settings. The metadata
+is SQLModel's, so `alembic revision --autogenerate` compares the database
+with `users_service/models.py`.
+"""
+
+from __future__ import annotations
+
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from users_service import models  # registers the tables
+from users_service.settings import load_settings
+
+config = context.config
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+target_metadata = models.metadata
+
+
+def database_url() -> str:
+    url = config.attributes.get("database_url")
+    settings = load_settings(database_url=url) if url else load_settings()
+    return settings.sqlalchemy_url.render_as_string(hide_password=False)
+
+
+def run_migrations_offline() -> None:
+    url = database_url()
+    context.configure(
+        url=url,
+        target_metadata=target_metadata,
+        literal_binds=True,
+        render_as_batch=url.startswith("sqlite"),
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = create_engine(database_url(), poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            # SQLite cannot ALTER most things: batch mode copies the table.
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

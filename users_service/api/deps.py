@@ -1,0 +1,75 @@
+"""What routes depend on, as type aliases: `SessionDep`, `SettingsDep`, ..."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Path, Request
+from sqlmodel import Session
+
+from users_service.db import read_session
+from users_service.pagination import CursorCodec
+from users_service.preconditions import (
+    VersionCondition,
+    if_match_condition,
+    if_none_match_condition,
+)
+from users_service.settings import Settings
+
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with read_session(request.app.state.engine) as session:
+        yield session
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_cursor_codec(request: Request) -> CursorCodec:
+    codec: CursorCodec = request.app.state.cursor_codec
+    return codec
+
+
+def user_id_from_path(
+    user_id: Annotated[
+        str,
+        Path(
+            pattern=UUID_PATTERN,
+            description="The user's id: a UUID in canonical 8-4-4-4-12 form.",
+            examples=["5b1f0a52-8f1e-4f0e-9c55-2c1f3e7f9b10"],
+        ),
+    ],
+) -> uuid.UUID:
+    return uuid.UUID(user_id)
+
+
+def if_match(
+    if_match: Annotated[
+        str | None,
+        Header(description='Write only if the user\'s ETag matches: `"<version>"` or `*`.'),
+    ] = None,
+) -> VersionCondition | None:
+    return if_match_condition(if_match)
+
+
+def if_none_match(
+    if_none_match: Annotated[
+        str | None,
+        Header(description="Answer 304 if the user's ETag matches."),
+    ] = None,
+) -> VersionCondition | None:
+    return if_none_match_condition(if_none_match)
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CursorCodecDep = Annotated[CursorCodec, Depends(get_cursor_codec)]
+UserIdDep = Annotated[uuid.UUID, Depends(user_id_from_path)]
+IfMatchDep = Annotated[VersionCondition | None, Depends(if_match)]
+IfNoneMatchDep = Annotated[VersionCondition | None, Depends(if_none_match)]

@@ -1,0 +1,43 @@
+"""/docs and /redoc that work with no internet access.
+
+The Swagger UI and ReDoc bundles are served by the service itself, from the
+static files the `fastapi-offline` package ships (we use only its files, not
+its app class), instead of from a CDN.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import HTMLResponse
+
+STATIC_URL = "/docs-static"
+
+
+def install_docs(app: FastAPI) -> None:
+    static_dir = files("fastapi_offline") / "static"
+    app.mount(STATIC_URL, StaticFiles(directory=str(static_dir)), name="docs-static")
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{STATIC_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{STATIC_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{STATIC_URL}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=openapi_url,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{STATIC_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{STATIC_URL}/favicon.png",
+            with_google_fonts=False,
+        )

@@ -1,0 +1,57 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+
+from users_service.db import is_unavailable, schema_state
+from users_service.jsonio import JSONResponse
+
+router = APIRouter(tags=["health"])
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    database: Literal["ok", "unreachable"]
+    schema_: Literal["current", "behind", "ahead", "unknown"] = Field(alias="schema")
+
+
+@router.get("/healthz", response_model=Health, operation_id="health")
+async def healthz() -> JSONResponse:
+    """The process is alive. Touches no database."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    operation_id="readiness",
+    responses={503: {"model": Readiness, "description": "Not ready: the body says why."}},
+)
+def readyz(request: Request) -> JSONResponse:
+    """Ready when the database answers and its schema is at the newest migration."""
+    state = request.app.state
+    database, schema = "ok", "unknown"
+    try:
+        with state.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+            schema = schema_state(
+                connection, heads=state.schema_heads, known=state.schema_revisions
+            )
+    except Exception as error:
+        if not is_unavailable(error):
+            raise
+        database = "unreachable"
+    ready = database == "ok" and schema == "current"
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "database": database, "schema": schema},
+        status_code=200 if ready else 503,
+    )

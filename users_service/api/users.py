@@ -1,0 +1,182 @@
+"""The /users routes: thin functions that read like the contract."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from users_service import crud
+from users_service.api.deps import (
+    CursorCodecDep,
+    IfMatchDep,
+    IfNoneMatchDep,
+    SessionDep,
+    UserIdDep,
+)
+from users_service.api.routing import MERGE_PATCH_JSON, JSONBodyRoute
+from users_service.errors import problem_responses, validation_failed
+from users_service.jsonio import JSONResponse
+from users_service.models import (
+    UserCreate,
+    UserListQuery,
+    UserPage,
+    UserPublic,
+    UserReplace,
+    UserUpdate,
+)
+from users_service.pagination import InvalidCursor, SortOrder
+from users_service.preconditions import etag
+
+router = APIRouter(prefix="/users", tags=["users"], route_class=JSONBodyRoute)
+
+ETAG_HEADER = {
+    "ETag": {
+        "description": 'The user\'s version as a strong tag: `"<version>"`.',
+        "schema": {"type": "string"},
+    }
+}
+
+
+def user_response(user: crud.UserRecord, status_code: int = 200, **headers: str) -> JSONResponse:
+    return JSONResponse(
+        user, status_code=status_code, headers={"ETag": etag(user["version"]), **headers}
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserPublic,
+    operation_id="create_user",
+    responses={
+        201: {
+            "headers": {
+                **ETAG_HEADER,
+                "Location": {"description": "/users/{id}", "schema": {"type": "string"}},
+            }
+        },
+        **problem_responses(409, 415, 422, 503),
+    },
+)
+def create_user(body: UserCreate, session: SessionDep) -> Response:
+    user = crud.create_user(session=session, data=body)
+    return user_response(user, status.HTTP_201_CREATED, Location=f"/users/{user['id']}")
+
+
+@router.get(
+    "",
+    response_model=UserPage,
+    operation_id="list_users",
+    responses={
+        200: {
+            "headers": {
+                "Link": {
+                    "description": 'Present when there is a next page: `<...>; rel="next"`.',
+                    "schema": {"type": "string"},
+                }
+            }
+        },
+        **problem_responses(422, 503),
+    },
+)
+def list_users(
+    query: Annotated[UserListQuery, Query()],
+    request: Request,
+    session: SessionDep,
+    cursors: CursorCodecDep,
+) -> Response:
+    order = SortOrder.parse(query.sort)
+    context = query.filter_fingerprint()
+    after = None
+    if query.cursor is not None:
+        try:
+            after = cursors.decode(query.cursor, order, context)
+        except InvalidCursor as error:
+            raise validation_failed(
+                [{"loc": ["query", "cursor"], "msg": str(error), "type": "cursor_invalid"}]
+            ) from None
+    rows, more, total = crud.list_users(session=session, query=query, order=order, after=after)
+    next_cursor = cursors.encode(order, context, order.key_of(rows[-1])) if more else None
+    page: dict[str, Any] = {
+        "items": [crud.to_record(row) for row in rows],
+        "next_cursor": next_cursor,
+    }
+    if total is not None:
+        page["total"] = total
+    headers = {}
+    if next_cursor is not None:
+        next_url = request.url.include_query_params(cursor=next_cursor)
+        headers["Link"] = f'<{next_url.path}?{next_url.query}>; rel="next"'
+    return JSONResponse(page, headers=headers)
+
+
+@router.get(
+    "/{user_id}",
+    response_model=UserPublic,
+    operation_id="get_user",
+    responses={
+        200: {"headers": ETAG_HEADER},
+        304: {
+            "description": "Not Modified: the user still has the ETag in If-None-Match.",
+            "headers": ETAG_HEADER,
+        },
+        **problem_responses(404, 422, 503),
+    },
+)
+def get_user(user_id: UserIdDep, session: SessionDep, if_none_match: IfNoneMatchDep) -> Response:
+    user = crud.get_user(session=session, user_id=user_id)
+    if if_none_match is not None and if_none_match.matches(user["version"]):
+        return Response(
+            status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(user["version"])}
+        )
+    return user_response(user)
+
+
+@router.put(
+    "/{user_id}",
+    response_model=UserPublic,
+    operation_id="replace_user",
+    responses={200: {"headers": ETAG_HEADER}, **problem_responses(404, 409, 412, 415, 422, 503)},
+)
+def replace_user(
+    user_id: UserIdDep, body: UserReplace, session: SessionDep, if_match: IfMatchDep
+) -> Response:
+    user = crud.update_user(
+        session=session, user_id=user_id, changes=body.model_dump(), expected=if_match
+    )
+    return user_response(user)
+
+
+@router.patch(
+    "/{user_id}",
+    response_model=UserPublic,
+    operation_id="update_user",
+    responses={200: {"headers": ETAG_HEADER}, **problem_responses(404, 409, 412, 415, 422, 503)},
+    openapi_extra={
+        "requestBody": {
+            "content": {MERGE_PATCH_JSON: {"schema": {"$ref": "#/components/schemas/UserUpdate"}}}
+        }
+    },
+)
+def update_user(
+    user_id: UserIdDep, body: UserUpdate, session: SessionDep, if_match: IfMatchDep
+) -> Response:
+    user = crud.update_user(
+        session=session,
+        user_id=user_id,
+        changes=body.model_dump(include=body.model_fields_set),
+        expected=if_match,
+    )
+    return user_response(user)
+
+
+@router.delete(
+    "/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    operation_id="delete_user",
+    responses=problem_responses(404, 412, 422, 503),
+)
+def delete_user(user_id: UserIdDep, session: SessionDep, if_match: IfMatchDep) -> Response:
+    crud.delete_user(session=session, user_id=user_id, expected=if_match)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,170 @@
+"""The database work on users, as plain functions of a session.
+
+Statements are SQLAlchemy Core built from the `User` table: rows come back
+as tuples and are turned into the API's JSON shape once, without loading
+ORM objects. Uniqueness of emails is left to the database's unique index;
+its refusal is turned into 409 `email_taken` (no check-then-insert).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from users_service.db import begin_write, is_unique_violation
+from users_service.errors import email_taken, user_not_found, version_mismatch
+from users_service.models import User, UserFields, UserListQuery
+from users_service.pagination import SortOrder, as_utc
+from users_service.preconditions import VersionCondition
+
+users = User.__table__  # type: ignore[attr-defined]
+
+UserRecord = dict[str, Any]
+EDITABLE_FIELDS = ("name", "email", "age")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_record(row: Row[Any] | Mapping[str, Any]) -> UserRecord:
+    """A user as the API returns it (JSON-ready)."""
+    data = row._mapping if isinstance(row, Row) else row
+    return {
+        "id": str(data["id"]),
+        "name": data["name"],
+        "email": data["email"],
+        "age": data["age"],
+        "created_at": _timestamp(data["created_at"]),
+        "updated_at": _timestamp(data["updated_at"]),
+        "version": data["version"],
+    }
+
+
+def _timestamp(value: datetime) -> str:
+    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _commit_or_conflict(session: Session) -> None:
+    try:
+        session.commit()
+    except IntegrityError as error:
+        session.rollback()
+        if is_unique_violation(error):
+            raise email_taken() from None
+        raise
+
+
+def create_user(*, session: Session, data: UserFields) -> UserRecord:
+    now = utcnow()
+    values = {
+        "id": uuid.uuid4(),
+        **data.model_dump(include=set(EDITABLE_FIELDS)),
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+    }
+    begin_write(session)
+    session.execute(insert(users).values(values))
+    _commit_or_conflict(session)
+    return to_record(values)
+
+
+def get_user(*, session: Session, user_id: uuid.UUID) -> UserRecord:
+    row = session.execute(select(users).where(users.c.id == user_id)).first()
+    if row is None:
+        raise user_not_found()
+    return to_record(row)
+
+
+def update_user(
+    *,
+    session: Session,
+    user_id: uuid.UUID,
+    changes: Mapping[str, Any],
+    expected: VersionCondition | None,
+) -> UserRecord:
+    """Apply `changes`; a change that changes nothing keeps the version.
+
+    The row is locked while it is compared, so concurrent writers and the
+    If-Match check cannot interleave.
+    """
+    begin_write(session)
+    row = session.execute(select(users).where(users.c.id == user_id).with_for_update()).first()
+    if row is None:
+        raise user_not_found()
+    if expected is not None and not expected.matches(row.version):
+        raise version_mismatch()
+    changed = {field: value for field, value in changes.items() if getattr(row, field) != value}
+    if not changed:
+        session.rollback()
+        return to_record(row)
+    values = {**changed, "updated_at": utcnow(), "version": row.version + 1}
+    session.execute(update(users).where(users.c.id == user_id).values(values))
+    _commit_or_conflict(session)
+    return to_record({**row._mapping, **values})
+
+
+def delete_user(*, session: Session, user_id: uuid.UUID, expected: VersionCondition | None) -> None:
+    begin_write(session)
+    condition = users.c.id == user_id
+    if expected is not None and not expected.matches_any:
+        row = session.execute(select(users.c.version).where(condition).with_for_update()).first()
+        if row is None:
+            raise user_not_found()
+        if not expected.matches(row.version):
+            raise version_mismatch()
+    deleted = session.execute(delete(users).where(condition)).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    if not deleted:
+        raise user_not_found()
+
+
+def _filters(query: UserListQuery) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if query.email is not None:
+        conditions.append(users.c.email == query.email)
+    if query.name is not None:
+        pattern = query.name.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(func.lower(users.c.name).like(f"%{pattern}%", escape="\\"))
+    if query.min_age is not None:
+        conditions.append(users.c.age >= query.min_age)
+    if query.max_age is not None:
+        conditions.append(users.c.age <= query.max_age)
+    if query.created_after is not None:
+        conditions.append(users.c.created_at > query.created_after)
+    if query.created_before is not None:
+        conditions.append(users.c.created_at < query.created_before)
+    return conditions
+
+
+def list_users(
+    *,
+    session: Session,
+    query: UserListQuery,
+    order: SortOrder,
+    after: tuple[Any, uuid.UUID] | None,
+) -> tuple[list[Row[Any]], bool, int | None]:
+    """One page in `order`, starting after the key `after`.
+
+    Returns the rows, whether more follow, and (when asked) how many users
+    match the filters.
+    """
+    conditions = _filters(query)
+    statement = select(users).where(*conditions)
+    if after is not None:
+        statement = statement.where(order.after(after, session.get_bind().dialect.name))
+    statement = statement.order_by(*order.order_by()).limit(query.limit + 1)
+    rows = list(session.execute(statement))
+    total = None
+    if query.include_total:
+        total = session.execute(
+            select(func.count()).select_from(users).where(*conditions)
+        ).scalar_one()
+    return rows[: query.limit], len(rows) > query.limit, total

@@ -1,0 +1,166 @@
+"""Engines, sessions and the few database facts the service needs to know.
+
+One engine per process, built from the settings. SQLite gets WAL, a busy
+timeout, a durable `synchronous` level and write transactions that take the
+write lock up front (`BEGIN IMMEDIATE`), so that concurrent writers queue on
+the lock instead of failing with "database is locked" half-way through.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio.to_thread
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, exc, text
+from sqlalchemy.engine import Connection
+from sqlmodel import Session
+
+from users_service.models import EMAIL_UNIQUE_INDEX
+from users_service.settings import Settings
+
+# Execution option that marks a session's transaction as one that writes.
+WRITE_OPTION = "users_service_write"
+
+ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+
+
+def create_db_engine(settings: Settings) -> Engine:
+    url = settings.sqlalchemy_url
+    backend = url.get_backend_name()
+    connect_args: dict[str, Any] = {}
+    if backend == "sqlite":
+        connect_args = {
+            "check_same_thread": False,
+            "timeout": settings.sqlite_busy_timeout_ms / 1000,
+        }
+    elif backend == "postgresql":
+        connect_args = {"connect_timeout": settings.db_connect_timeout_seconds}
+    else:
+        connect_args = {
+            "connect_timeout": settings.db_connect_timeout_seconds,
+            "read_timeout": 60,
+            "write_timeout": 60,
+        }
+    engine = create_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        pool_pre_ping=True,
+        pool_recycle=3600,
+        connect_args=connect_args,
+    )
+    if backend == "sqlite":
+        _configure_sqlite(engine, settings)
+    return engine
+
+
+def _configure_sqlite(engine: Engine, settings: Settings) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy's "begin" event below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous.value}")
+            cursor.execute(f"PRAGMA busy_timeout={settings.sqlite_busy_timeout_ms}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        if connection.get_execution_options().get(WRITE_OPTION):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+
+def configure_threadpool(settings: Settings) -> None:
+    """Size the thread pool that runs sync routes to the connection pool."""
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    limiter.total_tokens = settings.db_pool_size + settings.db_max_overflow
+
+
+@contextmanager
+def read_session(engine: Engine) -> Iterator[Session]:
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+
+
+def begin_write(session: Session) -> None:
+    """Start the session's transaction as a writer.
+
+    Call first thing in a function that writes. On SQLite this takes the
+    write lock now (BEGIN IMMEDIATE) rather than at the first write, when a
+    deferred transaction that already read could only fail.
+    """
+    session.connection(execution_options={WRITE_OPTION: True})
+
+
+def is_unique_violation(error: exc.IntegrityError, index: str = EMAIL_UNIQUE_INDEX) -> bool:
+    """Whether the database refused a row because of the given unique index.
+
+    Each driver words it differently; all of them name the index (SQLite
+    names the column instead).
+    """
+    message = str(error.orig)
+    if index in message:
+        return True
+    return "UNIQUE constraint failed: users.email" in message and index == EMAIL_UNIQUE_INDEX
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether an error means the database cannot be reached or is busy."""
+    if isinstance(error, exc.TimeoutError):  # no connection free in the pool
+        return True
+    if isinstance(error, exc.DBAPIError):
+        return error.connection_invalidated or isinstance(
+            error, (exc.OperationalError, exc.InterfaceError)
+        )
+    return False
+
+
+SchemaState = Literal["current", "behind", "ahead", "unknown"]
+
+
+def alembic_config(database_url: str | None = None) -> Config:
+    config = Config(str(ALEMBIC_INI))
+    if database_url is not None:
+        config.attributes["database_url"] = database_url
+    return config
+
+
+def head_revisions() -> set[str]:
+    script = ScriptDirectory.from_config(alembic_config())
+    return set(script.get_heads())
+
+
+def known_revisions() -> set[str]:
+    script = ScriptDirectory.from_config(alembic_config())
+    return {rev.revision for rev in script.walk_revisions()}
+
+
+def schema_state(connection: Connection, *, heads: set[str], known: set[str]) -> SchemaState:
+    """Compare the database's Alembic revision with the newest migration."""
+    try:
+        rows = connection.execute(text("SELECT version_num FROM alembic_version"))
+        current = {row[0] for row in rows}
+    except exc.ProgrammingError:
+        return "behind"  # never migrated
+    except exc.OperationalError as error:
+        if is_unavailable(error) and "no such table" not in str(error.orig):
+            raise
+        return "behind"
+    if current == heads:
+        return "current"
+    if current - known:
+        return "ahead"
+    return "behind"

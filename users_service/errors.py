@@ -1,0 +1,212 @@
+"""Every error the service answers, as RFC 9457 problem details.
+
+Route code raises `Problem` (or one of its named subclasses); FastAPI's own
+errors (unknown route, wrong method, invalid request) and database
+outages are turned into the same shape by the handlers installed by
+`install_error_handlers`. Nothing here ever copies an exception's text,
+SQL or a driver's message into an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from users_service.db import is_unavailable
+from users_service.jsonio import JSONResponse
+from users_service.request_context import current_request_id
+
+logger = logging.getLogger("users_service.errors")
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+RETRY_AFTER_SECONDS = 5
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ProblemDetails(BaseModel):
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="Stable, machine-readable name of the case.")
+    request_id: str
+    errors: list[ErrorDetail] | None = Field(
+        default=None, description="Present on 422: one entry per failing input."
+    )
+
+
+class Problem(Exception):
+    """An answer other than success: status, stable code and a human detail."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.errors = errors
+        self.headers = dict(headers or {})
+
+
+def user_not_found() -> Problem:
+    return Problem(404, "user_not_found", "User not found")
+
+
+def email_taken(loc: Sequence[str | int] = ("body", "email")) -> Problem:
+    return Problem(
+        409,
+        "email_taken",
+        "A user with this email already exists",
+        errors=[{"loc": list(loc), "msg": "email is already taken", "type": "email_taken"}],
+    )
+
+
+def version_mismatch() -> Problem:
+    return Problem(412, "version_mismatch", "The user has changed since the version in If-Match")
+
+
+def validation_failed(
+    errors: Iterable[Mapping[str, Any]], detail: str = "The request is not valid"
+) -> Problem:
+    return Problem(422, "validation_failed", detail, errors=list(errors))
+
+
+def unsupported_media_type(allowed: Sequence[str]) -> Problem:
+    return Problem(
+        415,
+        "unsupported_media_type",
+        "The request body must be sent as " + " or ".join(allowed),
+    )
+
+
+def service_unavailable(detail: str = "The database is unavailable; try again shortly") -> Problem:
+    return Problem(
+        503,
+        "service_unavailable",
+        detail,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def internal_error() -> Problem:
+    return Problem(
+        500,
+        "internal_error",
+        "The service failed to answer; the request id identifies the failure in its logs",
+    )
+
+
+def problem_response(problem: Problem) -> JSONResponse:
+    request_id = current_request_id()
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": _title(problem.status),
+        "status": problem.status,
+        "detail": problem.detail,
+        "code": problem.code,
+        "request_id": request_id,
+    }
+    if problem.errors is not None:
+        body["errors"] = [
+            {"loc": list(e["loc"]), "msg": str(e["msg"]), "type": str(e["type"])}
+            for e in problem.errors
+        ]
+    return JSONResponse(
+        body,
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+_HTTP_CODES = {
+    404: ("not_found", "No such resource"),
+    405: ("method_not_allowed", "This method is not allowed on this resource"),
+    413: ("payload_too_large", "The request body is too large"),
+    415: ("unsupported_media_type", "This content type is not supported"),
+}
+
+
+async def _on_problem(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, Problem)
+    return problem_response(error)
+
+
+async def _on_http_exception(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    if error.status_code == 400:  # FastAPI could not read the body
+        detail = "The request body could not be read"
+        return problem_response(
+            validation_failed([{"loc": ["body"], "msg": detail, "type": "invalid"}], detail)
+        )
+    code, detail = _HTTP_CODES.get(error.status_code, ("http_error", _title(error.status_code)))
+    return problem_response(Problem(error.status_code, code, detail, headers=error.headers))
+
+
+async def _on_validation_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    return problem_response(validation_failed(_clean_errors(error.errors())))
+
+
+def _clean_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Keep where and what of each error; drop the input and internals."""
+    cleaned = []
+    for error in errors:
+        loc = [part for part in error.get("loc", ()) if isinstance(part, (str, int))]
+        msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        cleaned.append({"loc": loc, "msg": msg, "type": str(error.get("type", "invalid"))})
+    return cleaned
+
+
+async def _on_database_error(_request: Request, error: Exception) -> JSONResponse:
+    if is_unavailable(error):
+        logger.warning("database unavailable: %s", type(error).__name__)
+        return problem_response(service_unavailable())
+    logger.error("database error", exc_info=error)
+    return problem_response(internal_error())
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(sa_exc.SQLAlchemyError, _on_database_error)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem answers an operation can give."""
+    return {
+        status: {
+            "model": ProblemDetails,
+            "description": _title(status),
+            "content": {PROBLEM_CONTENT_TYPE: {}},
+        }
+        for status in statuses
+    }

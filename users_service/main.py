@@ -1,0 +1,61 @@
+"""The application factory: `uvicorn --factory users_service.main:create_app`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from users_service import __version__
+from users_service.api import docs, health, users
+from users_service.db import (
+    configure_threadpool,
+    create_db_engine,
+    head_revisions,
+    known_revisions,
+)
+from users_service.errors import install_error_handlers
+from users_service.middleware import RequestContextMiddleware
+from users_service.pagination import CursorCodec
+from users_service.settings import Settings, load_settings
+
+DESCRIPTION = """\
+The users of the company's system: create, read, update, delete and list
+them. Errors are RFC 9457 problem details (`application/problem+json`) with
+a stable `code`; every answer carries `X-Request-ID`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    logging.basicConfig(level=settings.log_level.value)
+    engine = create_db_engine(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        configure_threadpool(settings)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="users-service",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.cursor_codec = CursorCodec(settings.cursor_secret.get_secret_value())
+    app.state.schema_heads = head_revisions()
+    app.state.schema_revisions = known_revisions()
+
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(users.router)
+    app.include_router(health.router)
+    docs.install_docs(app)
+    return app

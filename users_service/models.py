@@ -1,0 +1,236 @@
+"""The one place the user is defined: the table and the API's schemas.
+
+`User` is the table (and, through `SQLModel.metadata`, what Alembic's
+autogenerate compares against). The other classes are the request and
+response schemas. Table models skip validation, so rows are only ever built
+from a validated `UserCreate` / `UserReplace` / `UserUpdate`.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, ConfigDict, Strict, field_validator
+from sqlalchemy import DateTime, Index, MetaData, SmallInteger, String
+from sqlalchemy.dialects import mysql
+from sqlmodel import Field, SQLModel
+
+NAME_MAX_LENGTH = 200
+EMAIL_MAX_LENGTH = 254
+AGE_MIN = 0
+AGE_MAX = 150
+
+# Constraint and index names that are the same on every database, so that
+# migrations can refer to them and errors can be recognised by them.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata: MetaData = SQLModel.metadata
+
+EMAIL_UNIQUE_INDEX = "uq_users_email"
+
+# Microsecond timestamps everywhere: MySQL/MariaDB's DATETIME drops the
+# fraction unless asked for it, and keyset paging needs the exact value back.
+Timestamp = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+
+def _has_forbidden_characters(value: str) -> bool:
+    return any(unicodedata.category(char) in ("Cc", "Cs") for char in value)
+
+
+def check_name(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("name must not be empty")
+    if len(value) > NAME_MAX_LENGTH:
+        raise ValueError(f"name must be at most {NAME_MAX_LENGTH} characters")
+    if _has_forbidden_characters(value):
+        raise ValueError("name must not contain control characters or lone surrogates")
+    return value
+
+
+def normalize_email(value: str) -> str:
+    """email-validator's syntax check and normalization, then lower case."""
+    if _has_forbidden_characters(value):
+        raise ValueError("email must not contain control characters or lone surrogates")
+    if len(value) > 4 * EMAIL_MAX_LENGTH:
+        raise ValueError(f"email must be at most {EMAIL_MAX_LENGTH} characters")
+    try:
+        checked = validate_email(value, check_deliverability=False, allow_display_name=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"email is not valid: {exc}") from None
+    normalized = checked.normalized.lower()
+    if len(normalized) > EMAIL_MAX_LENGTH:
+        raise ValueError(f"email must be at most {EMAIL_MAX_LENGTH} characters")
+    return normalized
+
+
+# The JSON schema shows the limits of the stored value; validation applies
+# them after trimming (name) and normalization (email).
+Name = Annotated[
+    str,
+    Strict(),
+    AfterValidator(check_name),
+    Field(
+        sa_type=String(NAME_MAX_LENGTH),
+        schema_extra={"json_schema_extra": {"minLength": 1, "maxLength": NAME_MAX_LENGTH}},
+    ),
+]
+Email = Annotated[
+    str,
+    Strict(),
+    AfterValidator(normalize_email),
+    Field(
+        sa_type=String(EMAIL_MAX_LENGTH),
+        schema_extra={"json_schema_extra": {"format": "email", "maxLength": EMAIL_MAX_LENGTH}},
+    ),
+]
+Age = Annotated[int, Strict(), Field(ge=AGE_MIN, le=AGE_MAX, sa_type=SmallInteger)]
+
+
+class UserFields(SQLModel):
+    """The fields a caller writes."""
+
+    name: Name
+    email: Email
+    age: Age
+
+
+class User(UserFields, table=True):
+    __tablename__ = "users"
+    __table_args__: Any = (
+        Index(EMAIL_UNIQUE_INDEX, "email", unique=True),
+        Index("ix_users_created_at_id", "created_at", "id"),
+        # Binary collation: emails are already lower-cased by us, and a
+        # case- or accent-insensitive collation would make "é@x.io" and
+        # "e@x.io" collide.
+        {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"},
+    )
+
+    id: uuid.UUID = Field(primary_key=True)
+    created_at: datetime = Field(sa_type=Timestamp)
+    updated_at: datetime = Field(sa_type=Timestamp)
+    version: int
+
+
+_STRICT_BODY = ConfigDict(extra="forbid", strict=True)
+
+
+class UserCreate(UserFields):
+    """Body of POST /users: every field, nothing else."""
+
+    model_config = _STRICT_BODY  # type: ignore[assignment]
+
+
+class UserReplace(UserFields):
+    """Body of PUT /users/{id}: every field, nothing else."""
+
+    model_config = _STRICT_BODY  # type: ignore[assignment]
+
+
+class UserUpdate(SQLModel):
+    """Body of PATCH /users/{id}: any of the fields; null is not a value."""
+
+    model_config = _STRICT_BODY  # type: ignore[assignment]
+
+    name: Name = None  # type: ignore[assignment]
+    email: Email = None  # type: ignore[assignment]
+    age: Age = None  # type: ignore[assignment]
+
+
+class UserPublic(SQLModel):
+    """A user as the API returns it."""
+
+    id: uuid.UUID
+    name: str
+    email: str
+    age: int
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class UserPage(SQLModel):
+    items: list[UserPublic]
+    next_cursor: str | None
+    total: int | None = Field(default=None, description="Present only with include_total=true.")
+
+
+SortValue = Literal["created_at", "-created_at", "name", "-name", "email", "-email", "age", "-age"]
+
+
+class UserListQuery(SQLModel):
+    """Query parameters of GET /users. Unknown parameters are refused."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    limit: int = Field(default=50, ge=1, le=500, description="Page size.")
+    cursor: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The next_cursor of the previous page, with the same sort and filters.",
+    )
+    sort: SortValue = Field(
+        default="created_at",
+        description="Sort field, '-' for descending; ties are broken by id.",
+    )
+    email: str | None = Field(
+        default=None,
+        max_length=4 * EMAIL_MAX_LENGTH,
+        description="Exact email, case-insensitive.",
+    )
+    name: str | None = Field(
+        default=None,
+        max_length=NAME_MAX_LENGTH,
+        description="Case-insensitive substring of the name; % and _ are plain characters.",
+    )
+    min_age: int | None = Field(default=None, ge=AGE_MIN, le=AGE_MAX)
+    max_age: int | None = Field(default=None, ge=AGE_MIN, le=AGE_MAX)
+    created_after: datetime | None = Field(
+        default=None, description="Exclusive; ISO 8601, UTC when no offset is given."
+    )
+    created_before: datetime | None = Field(
+        default=None, description="Exclusive; ISO 8601, UTC when no offset is given."
+    )
+    include_total: bool = Field(default=False, description="Add how many users match the filters.")
+
+    @field_validator("email")
+    @classmethod
+    def _normalize_email(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return normalize_email(value)
+        except ValueError:
+            if _has_forbidden_characters(value):
+                raise
+            return value.strip().lower()  # not an address: matches no one
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_name(value)
+
+    @field_validator("created_after", "created_before")
+    @classmethod
+    def _to_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def filter_fingerprint(self) -> str:
+        """The filters, as text: what a cursor is bound to besides the sort."""
+        return "|".join(
+            f"{name}={getattr(self, name)!r}"
+            for name in ("email", "name", "min_age", "max_age", "created_after", "created_before")
+        )
