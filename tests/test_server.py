@@ -1,0 +1,82 @@
+"""The service as a real uvicorn process: restarts, SIGTERM, refusing bad settings."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.databases import create_fresh_database, migrate
+from tests.server import REPO_ROOT, SERVE_COMMAND, free_port, running_server, service_env
+
+SHUTDOWN_DEADLINE_SECONDS = 30
+REFUSAL_DEADLINE_SECONDS = 20
+
+
+def test_user_survives_sigterm_and_restart(backend: str, tmp_path: Path) -> None:
+    url = create_fresh_database(backend, tmp_path, "_server_restart")
+    migrate(url)
+
+    with running_server(url, tmp_path / "first.log") as server:
+        created = httpx.post(
+            f"{server.base_url}/users",
+            json={"name": "Grace Hopper", "email": "grace@example.com", "age": 85},
+            timeout=10,
+        )
+        assert created.status_code == 201, created.text
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            returncode = server.process.wait(timeout=SHUTDOWN_DEADLINE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"no exit within {SHUTDOWN_DEADLINE_SECONDS} s of SIGTERM")
+        assert returncode == 0, server.log()
+
+    with running_server(url, tmp_path / "second.log") as server:
+        fetched = httpx.get(f"{server.base_url}{created.headers['location']}", timeout=10)
+
+    assert fetched.status_code == 200
+    assert fetched.json() == created.json()
+    assert fetched.headers["etag"] == created.headers["etag"]
+
+
+def refuse_to_serve(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    env = service_env(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'refused.db'}",
+        HOST="127.0.0.1",
+        PORT=str(free_port()),
+        ENVIRONMENT="test",
+    )
+    env.update(variables)
+    return subprocess.run(
+        SERVE_COMMAND,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=REFUSAL_DEADLINE_SECONDS,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        pytest.param({"PORT": "notaport"}, "PORT", id="port-not-a-number"),
+        pytest.param({"PORT": "70000"}, "PORT", id="port-out-of-range"),
+        pytest.param({"DB_POOL_SIZE": "0"}, "DB_POOL_SIZE", id="pool-size-zero"),
+        pytest.param({"ENVIRONMENT": "production"}, "CURSOR_SECRET", id="production-no-secret"),
+        pytest.param({"DATABASE_URL": "oracle://u@h/db"}, "DATABASE_URL", id="unsupported-db"),
+    ],
+)
+def test_serve_refuses_bad_setting_naming_it_without_traceback(
+    tmp_path: Path, variables: dict[str, str], named: str
+) -> None:
+    result = refuse_to_serve(tmp_path, **variables)
+
+    assert result.returncode != 0
+    assert re.search(rf"\b{named}\b", result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
