@@ -9,7 +9,8 @@ its refusal is turned into 409 `email_taken` (no check-then-insert).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,9 +52,11 @@ def _timestamp(value: datetime) -> str:
     return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _commit_or_conflict(session: Session) -> None:
+@contextmanager
+def _email_must_be_free(session: Session) -> Iterator[None]:
+    """Turn the unique index's refusal (at write or at commit) into 409."""
     try:
-        session.commit()
+        yield
     except IntegrityError as error:
         session.rollback()
         if is_unique_violation(error):
@@ -71,8 +74,9 @@ def create_user(*, session: Session, data: UserFields) -> UserRecord:
         "version": 1,
     }
     begin_write(session)
-    session.execute(insert(users).values(values))
-    _commit_or_conflict(session)
+    with _email_must_be_free(session):
+        session.execute(insert(users).values(values))
+        session.commit()
     return to_record(values)
 
 
@@ -106,8 +110,9 @@ def update_user(
         session.rollback()
         return to_record(row)
     values = {**changed, "updated_at": utcnow(), "version": row.version + 1}
-    session.execute(update(users).where(users.c.id == user_id).values(values))
-    _commit_or_conflict(session)
+    with _email_must_be_free(session):
+        session.execute(update(users).where(users.c.id == user_id).values(values))
+        session.commit()
     return to_record({**row._mapping, **values})
 
 
