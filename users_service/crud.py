@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from users_service.db import begin_write, is_unique_violation
+from users_service.db import is_unique_violation, write_transaction
 from users_service.errors import email_taken, user_not_found, version_mismatch
 from users_service.models import User, UserFields, UserListQuery
 from users_service.pagination import SortOrder, as_utc
@@ -73,8 +73,7 @@ def create_user(*, session: Session, data: UserFields) -> UserRecord:
         "updated_at": now,
         "version": 1,
     }
-    begin_write(session)
-    with _email_must_be_free(session):
+    with write_transaction(session), _email_must_be_free(session):
         session.execute(insert(users).values(values))
         session.commit()
     return to_record(values)
@@ -99,34 +98,35 @@ def update_user(
     The row is locked while it is compared, so concurrent writers and the
     If-Match check cannot interleave.
     """
-    begin_write(session)
-    row = session.execute(select(users).where(users.c.id == user_id).with_for_update()).first()
-    if row is None:
-        raise user_not_found()
-    if expected is not None and not expected.matches(row.version):
-        raise version_mismatch()
-    changed = {field: value for field, value in changes.items() if getattr(row, field) != value}
-    if not changed:
-        session.rollback()
-        return to_record(row)
-    values = {**changed, "updated_at": utcnow(), "version": row.version + 1}
-    with _email_must_be_free(session):
-        session.execute(update(users).where(users.c.id == user_id).values(values))
-        session.commit()
+    with write_transaction(session):
+        row = session.execute(select(users).where(users.c.id == user_id).with_for_update()).first()
+        if row is None:
+            raise user_not_found()
+        if expected is not None and not expected.matches(row.version):
+            raise version_mismatch()
+        changed = {field: value for field, value in changes.items() if getattr(row, field) != value}
+        if not changed:
+            return to_record(row)
+        values = {**changed, "updated_at": utcnow(), "version": row.version + 1}
+        with _email_must_be_free(session):
+            session.execute(update(users).where(users.c.id == user_id).values(values))
+            session.commit()
     return to_record({**row._mapping, **values})
 
 
 def delete_user(*, session: Session, user_id: uuid.UUID, expected: VersionCondition | None) -> None:
-    begin_write(session)
     condition = users.c.id == user_id
-    if expected is not None and not expected.matches_any:
-        row = session.execute(select(users.c.version).where(condition).with_for_update()).first()
-        if row is None:
-            raise user_not_found()
-        if not expected.matches(row.version):
-            raise version_mismatch()
-    deleted = session.execute(delete(users).where(condition)).rowcount  # type: ignore[attr-defined]
-    session.commit()
+    with write_transaction(session):
+        if expected is not None and not expected.matches_any:
+            row = session.execute(
+                select(users.c.version).where(condition).with_for_update()
+            ).first()
+            if row is None:
+                raise user_not_found()
+            if not expected.matches(row.version):
+                raise version_mismatch()
+        deleted = session.execute(delete(users).where(condition)).rowcount  # type: ignore[attr-defined]
+        session.commit()
     if not deleted:
         raise user_not_found()
 

@@ -9,8 +9,10 @@ the lock instead of failing with "database is locked" half-way through.
 from __future__ import annotations
 
 import sqlite3
+import threading
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +28,9 @@ from users_service.settings import Settings
 
 # Execution option that marks a session's transaction as one that writes.
 WRITE_OPTION = "users_service_write"
+
+# One lock per SQLite engine: its writers take turns in this process.
+_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
@@ -62,6 +67,8 @@ def create_db_engine(settings: Settings) -> Engine:
 
 
 def _configure_sqlite(engine: Engine, settings: Settings) -> None:
+    _SQLITE_WRITE_LOCKS[engine] = threading.Lock()
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
         # Hand transaction control to SQLAlchemy's "begin" event below.
@@ -95,14 +102,26 @@ def read_session(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def begin_write(session: Session) -> None:
-    """Start the session's transaction as a writer.
+@contextmanager
+def write_transaction(session: Session) -> Iterator[None]:
+    """Run the block as the session's one write transaction.
 
-    Call first thing in a function that writes. On SQLite this takes the
-    write lock now (BEGIN IMMEDIATE) rather than at the first write, when a
-    deferred transaction that already read could only fail.
+    Enter first thing in a function that writes, and commit inside the
+    block; a block left without a commit is rolled back. On SQLite the
+    write lock is taken now (BEGIN IMMEDIATE) rather than at the first
+    write, when a transaction that already read could only fail; and
+    writers of one process queue on a Python lock first, in order, instead
+    of polling SQLite's lock (other processes still wait on busy_timeout).
     """
-    session.connection(execution_options={WRITE_OPTION: True})
+    bind = session.get_bind()
+    lock = _SQLITE_WRITE_LOCKS.get(bind) if isinstance(bind, Engine) else None
+    with lock or nullcontext():
+        session.connection(execution_options={WRITE_OPTION: True})
+        try:
+            yield
+        finally:
+            if session.in_transaction():
+                session.rollback()
 
 
 def is_unique_violation(error: exc.IntegrityError, index: str = EMAIL_UNIQUE_INDEX) -> bool:
