@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, ConfigDict, Strict, field_validator
-from sqlalchemy import DateTime, Index, MetaData, SmallInteger, String
+from sqlalchemy import DateTime, Index, MetaData, SmallInteger, String, Uuid
 from sqlalchemy.dialects import mysql
 from sqlmodel import Field, SQLModel
 
@@ -40,6 +40,11 @@ EMAIL_UNIQUE_INDEX = "uq_users_email"
 # Microsecond timestamps everywhere: MySQL/MariaDB's DATETIME drops the
 # fraction unless asked for it, and keyset paging needs the exact value back.
 Timestamp = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+# Native UUID on PostgreSQL; CHAR(32) hex on MariaDB/MySQL (and SQLite), so
+# that ids sort in the same order everywhere: MariaDB's native UUID type
+# compares the last groups first.
+UserIdType = Uuid().with_variant(Uuid(native_uuid=False), "mysql", "mariadb")
 
 
 def _has_forbidden_characters(value: str) -> bool:
@@ -115,7 +120,7 @@ class User(UserFields, table=True):
         {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"},
     )
 
-    id: uuid.UUID = Field(primary_key=True)
+    id: uuid.UUID = Field(primary_key=True, sa_type=UserIdType)
     created_at: datetime = Field(sa_type=Timestamp)
     updated_at: datetime = Field(sa_type=Timestamp)
     version: int
