@@ -46,6 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        # /users/ is not /users: answer 404 rather than redirect.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.engine = engine
