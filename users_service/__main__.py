@@ -13,6 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve the API on HOST:PORT")
     commands.add_parser("migrate", help="upgrade the database to the newest migration")
+    seed = commands.add_parser("seed", help="insert N synthetic users (bulk, with progress)")
+    seed.add_argument("count", type=int, help="how many users")
+    seed.add_argument("--batch-size", type=int, default=10_000)
     args = parser.parse_args(argv)
 
     try:
@@ -27,6 +30,20 @@ def main(argv: list[str] | None = None) -> int:
         from users_service.db import alembic_config
 
         command.upgrade(alembic_config(settings.database_url), "head")
+        return 0
+
+    if args.command == "seed":
+        import time
+
+        from users_service.db import create_db_engine
+        from users_service.seed import seed_users
+
+        engine = create_db_engine(settings)
+        started = time.perf_counter()
+        seed_users(engine, args.count, batch_size=args.batch_size)
+        elapsed = time.perf_counter() - started
+        print(f"seeded {args.count} users in {elapsed:.1f} s ({args.count / elapsed:,.0f}/s)")
+        engine.dispose()
         return 0
 
     import uvicorn
