@@ -23,6 +23,13 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
 target_metadata = models.metadata
 
 
+def include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Leave the hand-made, PostgreSQL-only indexes out of autogenerate."""
+    return not (type_ == "index" and name in models.POSTGRESQL_ONLY_INDEXES)
+
+
 def database_url() -> str:
     url = config.attributes.get("database_url")
     settings = load_settings(database_url=url) if url else load_settings()
@@ -37,6 +44,7 @@ def run_migrations_offline() -> None:
         literal_binds=True,
         render_as_batch=url.startswith("sqlite"),
         compare_type=True,
+        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -51,6 +59,7 @@ def run_migrations_online() -> None:
             # SQLite cannot ALTER most things: batch mode copies the table.
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            include_object=include_object,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -26,6 +26,9 @@ users = User.__table__  # type: ignore[attr-defined]
 
 SORT_FIELDS = ("created_at", "name", "email", "age")
 SORT_VALUES = tuple(f"{prefix}{field}" for field in SORT_FIELDS for prefix in ("", "-"))
+# Fields whose values never tie: they order rows totally on their own, and
+# their unique index serves the order without the id.
+UNIQUE_SORT_FIELDS = frozenset({"email"})
 
 
 class InvalidCursor(ValueError):
@@ -55,15 +58,18 @@ class SortOrder:
         return f"{'-' if self.descending else ''}{self.field}"
 
     def order_by(self) -> list[UnaryExpression[Any]]:
-        column, id_column = users.c[self.field], users.c.id
-        if self.descending:
-            return [column.desc(), id_column.desc()]
-        return [column.asc(), id_column.asc()]
+        columns = [users.c[self.field]]
+        if self.field not in UNIQUE_SORT_FIELDS:
+            columns.append(users.c.id)
+        return [column.desc() if self.descending else column.asc() for column in columns]
 
     def after(self, key: tuple[Any, uuid.UUID], dialect: str) -> ColumnElement[bool]:
         """Rows that come after `key` in this order (ties broken by id)."""
         column, id_column = users.c[self.field], users.c.id
         value, last_id = key
+        if self.field in UNIQUE_SORT_FIELDS:
+            after: ColumnElement[bool] = column < value if self.descending else column > value
+            return after
         if dialect in ("mysql", "mariadb"):
             # MariaDB plans expanded comparisons better than row values.
             if self.descending:
