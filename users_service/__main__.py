@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from types import FrameType
 
 from users_service.settings import SettingsError, load_settings
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to
+    # the handler that was there before it; make that one exit with 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         "users_service.main:create_app",
         factory=True,
