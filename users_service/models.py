@@ -129,7 +129,14 @@ class User(UserFields, table=True):
         # Binary collation: emails are already lower-cased by us, and a
         # case- or accent-insensitive collation would make "é@x.io" and
         # "e@x.io" collide.
-        {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"},
+        # (SQLAlchemy reads mariadb_* options for mariadb:// URLs, mysql_*
+        # for mysql:// ones.)
+        {
+            "mysql_charset": "utf8mb4",
+            "mysql_collate": "utf8mb4_bin",
+            "mariadb_charset": "utf8mb4",
+            "mariadb_collate": "utf8mb4_bin",
+        },
     )
 
     id: uuid.UUID = Field(primary_key=True, sa_type=UserIdType)

@@ -29,6 +29,8 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), 'mariadb').with_variant(mysql.DATETIME(fsp=6), 'mysql'), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_users')),
+    mariadb_charset='utf8mb4',
+    mariadb_collate='utf8mb4_bin',
     mysql_charset='utf8mb4',
     mysql_collate='utf8mb4_bin'
     )
