@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         """DATABASE_URL with the project's default driver filled in."""
         try:
             url = make_url(self.database_url)
-        except ArgumentError as exc:
+        except (ArgumentError, ValueError) as exc:
             raise ValueError(f"DATABASE_URL is not a database URL: {exc}") from None
         family = url.drivername.split("+", 1)[0]
         if family not in DEFAULT_DRIVERS:
