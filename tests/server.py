@@ -45,9 +45,7 @@ def free_port() -> int:
 def service_env(**variables: str) -> dict[str, str]:
     """The test process's environment without any service setting, plus `variables`."""
     env = {
-        name: value
-        for name, value in os.environ.items()
-        if name.upper() not in SETTINGS_VARIABLES
+        name: value for name, value in os.environ.items() if name.upper() not in SETTINGS_VARIABLES
     }
     env.update(variables)
     return env

@@ -11,29 +11,55 @@ import httpx
 import pytest
 
 from tests.databases import create_fresh_database, migrate
-from tests.server import REPO_ROOT, SERVE_COMMAND, free_port, running_server, service_env
+from tests.server import (
+    REPO_ROOT,
+    SERVE_COMMAND,
+    RunningServer,
+    free_port,
+    running_server,
+    service_env,
+)
 
 SHUTDOWN_DEADLINE_SECONDS = 30
 REFUSAL_DEADLINE_SECONDS = 20
 
 
-def test_user_survives_sigterm_and_restart(backend: str, tmp_path: Path) -> None:
+def stop_with_sigterm(server: RunningServer) -> int:
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        return server.process.wait(timeout=SHUTDOWN_DEADLINE_SECONDS)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"no exit within {SHUTDOWN_DEADLINE_SECONDS} s of SIGTERM:\n{server.log()}")
+
+
+def create_user(server: RunningServer) -> httpx.Response:
+    created = httpx.post(
+        f"{server.base_url}/users",
+        json={"name": "Grace Hopper", "email": "grace@example.com", "age": 85},
+        timeout=10,
+    )
+    assert created.status_code == 201, created.text
+    return created
+
+
+def test_sigterm_stops_server_with_exit_code_0(backend: str, tmp_path: Path) -> None:
+    url = create_fresh_database(backend, tmp_path, "_server_sigterm")
+    migrate(url)
+
+    with running_server(url, tmp_path / "server.log") as server:
+        create_user(server)
+        returncode = stop_with_sigterm(server)
+
+    assert returncode == 0, server.log()
+
+
+def test_user_created_before_restart_is_read_back_unchanged(backend: str, tmp_path: Path) -> None:
     url = create_fresh_database(backend, tmp_path, "_server_restart")
     migrate(url)
 
     with running_server(url, tmp_path / "first.log") as server:
-        created = httpx.post(
-            f"{server.base_url}/users",
-            json={"name": "Grace Hopper", "email": "grace@example.com", "age": 85},
-            timeout=10,
-        )
-        assert created.status_code == 201, created.text
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            returncode = server.process.wait(timeout=SHUTDOWN_DEADLINE_SECONDS)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"no exit within {SHUTDOWN_DEADLINE_SECONDS} s of SIGTERM")
-        assert returncode == 0, server.log()
+        created = create_user(server)
+        stop_with_sigterm(server)
 
     with running_server(url, tmp_path / "second.log") as server:
         fetched = httpx.get(f"{server.base_url}{created.headers['location']}", timeout=10)

@@ -1,0 +1,187 @@
+"""users_service.settings: where values come from, and how DATABASE_URL is completed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from users_service.settings import (
+    Environment,
+    LogLevel,
+    Settings,
+    SettingsError,
+    load_settings,
+)
+
+
+@pytest.fixture(autouse=True)
+def no_outside_configuration(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No setting from the test process's environment, and no `.env` in the working dir."""
+    for name in list(os.environ):
+        if name.lower() in Settings.model_fields:
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_without_configuration_the_database_is_users_db_in_the_working_directory() -> None:
+    settings = load_settings()
+
+    assert settings.database_url == "sqlite:///./users.db"
+    assert settings.sqlalchemy_url.drivername == "sqlite+pysqlite"
+    assert settings.sqlalchemy_url.database == "./users.db"
+    assert settings.is_sqlite
+
+
+@pytest.mark.parametrize(
+    ("database_url", "drivername"),
+    [
+        ("postgresql://u:p@db.example:5432/users", "postgresql+psycopg"),
+        ("postgres://u:p@db.example:5432/users", "postgresql+psycopg"),
+        ("sqlite:///./data/users.db", "sqlite+pysqlite"),
+        ("sqlite:////var/lib/users.db", "sqlite+pysqlite"),
+    ],
+)
+def test_url_without_driver_gets_the_default_driver(database_url: str, drivername: str) -> None:
+    url = load_settings(database_url=database_url).sqlalchemy_url
+
+    assert url.drivername == drivername
+    assert "charset" not in url.query
+
+
+@pytest.mark.parametrize(
+    ("database_url", "drivername"),
+    [
+        ("mysql://u:p@db.example:3306/users", "mysql+pymysql"),
+        ("mariadb://u:p@db.example:3306/users", "mariadb+pymysql"),
+    ],
+)
+def test_mysql_family_url_gets_pymysql_and_utf8mb4(database_url: str, drivername: str) -> None:
+    url = load_settings(database_url=database_url).sqlalchemy_url
+
+    assert url.drivername == drivername
+    assert url.query["charset"] == "utf8mb4"
+    assert (url.username, url.password, url.host, url.port, url.database) == (
+        "u",
+        "p",
+        "db.example",
+        3306,
+        "users",
+    )
+    assert not load_settings(database_url=database_url).is_sqlite
+
+
+def test_explicit_driver_and_charset_are_kept() -> None:
+    assert (
+        load_settings(database_url="postgresql+psycopg2://u@h/db").sqlalchemy_url.drivername
+        == "postgresql+psycopg2"
+    )
+    url = load_settings(database_url="mysql+mysqldb://u@h/db?charset=utf8mb3").sqlalchemy_url
+    assert url.drivername == "mysql+mysqldb"
+    assert url.query["charset"] == "utf8mb3"
+
+
+def test_database_url_as_given_is_kept_for_alembic() -> None:
+    settings = load_settings(database_url="postgresql://u:p@h/db")
+
+    assert settings.database_url == "postgresql://u:p@h/db"
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    [
+        "oracle://u:p@h/db",
+        "mssql+pyodbc://u:p@h/db",
+        "not a database url",
+        "",
+        "postgresql://u:p@h:notaport/db",
+    ],
+)
+def test_unsupported_or_malformed_database_url_is_refused_naming_it(database_url: str) -> None:
+    with pytest.raises(SettingsError, match=r"\bDATABASE_URL\b"):
+        load_settings(database_url=database_url)
+
+
+def test_environment_variable_overrides_dotenv(
+    monkeypatch: pytest.MonkeyPatch, no_outside_configuration: Path
+) -> None:
+    (no_outside_configuration / ".env").write_text(
+        "DATABASE_URL=postgresql://from-dotenv/db\nPORT=8001\nLOG_LEVEL=DEBUG\n"
+    )
+    monkeypatch.setenv("DATABASE_URL", "mariadb://from-env/db")
+    monkeypatch.setenv("PORT", "9002")
+
+    settings = load_settings()
+
+    assert settings.database_url == "mariadb://from-env/db"
+    assert settings.port == 9002
+    assert settings.log_level is LogLevel.DEBUG
+
+
+def test_dotenv_is_read_from_the_working_directory(no_outside_configuration: Path) -> None:
+    (no_outside_configuration / ".env").write_text("PORT=8123\nENVIRONMENT=test\n")
+
+    settings = load_settings()
+
+    assert settings.port == 8123
+    assert settings.environment is Environment.test
+
+
+def test_environment_variable_names_are_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("db_pool_size", "7")
+
+    assert load_settings().db_pool_size == 7
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PORT", "notaport"),
+        ("PORT", "0"),
+        ("PORT", "65536"),
+        ("DB_POOL_SIZE", "0"),
+        ("DB_MAX_OVERFLOW", "-1"),
+        ("DB_POOL_TIMEOUT_SECONDS", "0"),
+        ("SQLITE_SYNCHRONOUS", "OFF"),
+        ("LOG_LEVEL", "LOUD"),
+        ("ENVIRONMENT", "staging"),
+    ],
+)
+def test_unparsable_value_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(SettingsError, match=rf"(?<![A-Z_]){variable}\b"):
+        load_settings()
+
+
+def test_production_without_cursor_secret_is_refused_naming_it() -> None:
+    with pytest.raises(SettingsError, match=r"\bCURSOR_SECRET\b"):
+        load_settings(environment="production")
+
+
+def test_production_with_cursor_secret_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CURSOR_SECRET", "a-private-value")
+
+    settings = load_settings(environment="production")
+
+    assert settings.environment is Environment.production
+    assert settings.cursor_secret.get_secret_value() == "a-private-value"
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    ["oracle://u:hunter2secret@h/db", "postgresql://u:hunter2secret@h:notaport/db"],
+)
+def test_database_url_refusal_does_not_echo_the_password(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+
+    assert "hunter2secret" not in str(refused.value)
