@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Row, Select, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -149,6 +149,24 @@ def _filters(query: UserListQuery) -> list[ColumnElement[bool]]:
     return conditions
 
 
+def page_statement(
+    query: UserListQuery,
+    order: SortOrder,
+    after: tuple[Any, uuid.UUID] | None,
+    *,
+    dialect: str,
+) -> Select[Any]:
+    """The SELECT for one page (one row more than asked, to see if more follow)."""
+    statement = select(users).where(*_filters(query))
+    if after is not None:
+        statement = statement.where(order.after(after, dialect))
+    return statement.order_by(*order.order_by()).limit(query.limit + 1)
+
+
+def count_statement(query: UserListQuery) -> Select[Any]:
+    return select(func.count()).select_from(users).where(*_filters(query))
+
+
 def list_users(
     *,
     session: Session,
@@ -161,15 +179,9 @@ def list_users(
     Returns the rows, whether more follow, and (when asked) how many users
     match the filters.
     """
-    conditions = _filters(query)
-    statement = select(users).where(*conditions)
-    if after is not None:
-        statement = statement.where(order.after(after, session.get_bind().dialect.name))
-    statement = statement.order_by(*order.order_by()).limit(query.limit + 1)
-    rows = list(session.execute(statement))
+    dialect = session.get_bind().dialect.name
+    rows = list(session.execute(page_statement(query, order, after, dialect=dialect)))
     total = None
     if query.include_total:
-        total = session.execute(
-            select(func.count()).select_from(users).where(*conditions)
-        ).scalar_one()
+        total = session.execute(count_statement(query)).scalar_one()
     return rows[: query.limit], len(rows) > query.limit, total
