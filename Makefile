@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 
-.PHONY: run migrate revision test lint install clean
+.PHONY: run migrate revision test lint install clean seed bench-scale
 
 install: $(STAMP)
 
@@ -24,6 +24,14 @@ migrate: $(STAMP)
 revision: $(STAMP)
 	@test -n "$(m)" || (echo 'usage: make revision m="what changes"'; exit 2)
 	$(BIN)/alembic revision --autogenerate -m "$(m)"
+
+seed: migrate
+	@test -n "$(N)" || (echo 'usage: make seed N=1000000'; exit 2)
+	$(BIN)/python -m users_service seed $(N)
+
+bench-scale: $(STAMP)
+	@command -v wrk >/dev/null || (echo 'wrk is not installed: apt-get install wrk'; exit 2)
+	$(BIN)/python -m benchmarks.scale
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,162 @@
+"""Scale benchmark: does listing stay flat from 10k to 1M users?
+
+For each database, seeds 10k, then 100k, then 1M users (adding to the same
+table), serves the service as a real process after each step, and measures
+each listing request with wrk and one connection (one client, back to
+back): p50 and p99, and the growth of p50 from the smallest to the largest
+table, the reference measured in the same run.
+
+    make bench-scale                          # SQLite and PostgreSQL
+    BENCH_DATABASES=sqlite,postgresql,mariadb make bench-scale
+    BENCH_SIZES=10000,100000 BENCH_SECONDS=2 make bench-scale
+
+PostgreSQL and MariaDB use the databases named by BENCH_POSTGRESQL_URL and
+BENCH_MARIADB_URL, which are dropped and created anew.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+
+from benchmarks.wrk import WrkResult, require_wrk, run_wrk
+from tests.databases import create_fresh_database, migrate
+from tests.server import running_server
+from users_service.db import create_db_engine
+from users_service.seed import seed_users
+from users_service.settings import load_settings
+
+DEEP_ROWS = 10_000
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "BENCH_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/users_service_bench"
+    ),
+    "mariadb": os.environ.get(
+        "BENCH_MARIADB_URL", "mariadb://root@127.0.0.1:3306/users_service_bench"
+    ),
+}
+# Index-served requests: these must stay flat as the table grows.
+INDEXED = (
+    ("first page", "/users?limit=50"),
+    ("page 10,000 deep", None),
+    ("sort=-created_at", "/users?limit=50&sort=-created_at"),
+    ("sort=name", "/users?limit=50&sort=name"),
+    ("sort=-name", "/users?limit=50&sort=-name"),
+    ("sort=email", "/users?limit=50&sort=email"),
+    ("sort=-email", "/users?limit=50&sort=-email"),
+    ("sort=age", "/users?limit=50&sort=age"),
+    ("sort=-age", "/users?limit=50&sort=-age"),
+    ("email filter", None),
+    ("age 30-40 by age", "/users?limit=50&sort=age&min_age=30&max_age=40"),
+)
+# Requests that read more than a page by nature.
+UNINDEXED = (
+    ("name substring", "/users?limit=50&name=ovela"),
+    ("name substring, no match", "/users?limit=50&name=zqxj"),
+    ("include_total", "/users?limit=50&include_total=true"),
+)
+
+
+Results = dict[str, dict[int, WrkResult]]
+
+
+def deep_cursor_path(base_url: str, size: int) -> str:
+    """A page DEEP_ROWS rows in (or as deep as a smaller table allows)."""
+    remaining, cursor = min(DEEP_ROWS, size - 50), None
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        while remaining > 0:
+            params = {"limit": str(min(500, remaining)), **({"cursor": cursor} if cursor else {})}
+            cursor = client.get("/users", params=params).raise_for_status().json()["next_cursor"]
+            remaining -= int(params["limit"])
+    return f"/users?limit=50&cursor={quote(str(cursor))}"
+
+
+def some_email(base_url: str) -> str:
+    page = httpx.get(f"{base_url}/users?limit=1&sort=-created_at", timeout=30).json()
+    return f"/users?limit=50&email={quote(page['items'][0]['email'])}"
+
+
+def measure(base_url: str, path: str, seconds: float) -> WrkResult:
+    run_wrk(base_url + path, connections=1, seconds=1)  # warm caches
+    result = run_wrk(base_url + path, connections=1, seconds=seconds)
+    if result.non_2xx or result.socket_errors:
+        raise RuntimeError(f"{path}: {result.non_2xx} non-2xx, {result.socket_errors} errors")
+    return result
+
+
+def bench_database(backend: str, sizes: list[int], seconds: float, work: Path) -> Results:
+    if backend != "sqlite":
+        os.environ["TEST_DATABASE_URLS"] = SERVER_URLS[backend]
+    url = create_fresh_database(backend, work, "")
+    migrate(url)
+    engine = create_db_engine(load_settings(database_url=url, environment="test"))
+    results: Results = {}
+    seeded = 0
+    for size in sizes:
+        started = time.perf_counter()
+        seed_users(engine, size - seeded, progress=sys.stderr.isatty())
+        seeded = size
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                {"sqlite": "ANALYZE", "postgresql": "ANALYZE users"}.get(
+                    backend, "ANALYZE TABLE users"
+                )
+            )
+        print(
+            f"{backend}: {size:,} users seeded ({time.perf_counter() - started:.1f} s)",
+            file=sys.stderr,
+        )
+        with running_server(
+            url, work / f"server-{backend}-{size}.log", {"LOG_LEVEL": "WARNING"}
+        ) as server:
+            paths = dict(INDEXED + UNINDEXED)
+            paths["page 10,000 deep"] = deep_cursor_path(server.base_url, size)
+            paths["email filter"] = some_email(server.base_url)
+            for name, path in paths.items():
+                assert path is not None
+                results.setdefault(name, {})[size] = measure(server.base_url, path, seconds)
+    engine.dispose()
+    return results
+
+
+def report(backend: str, sizes: list[int], results: Results) -> str:
+    smallest, largest = sizes[0], sizes[-1]
+    head = " | ".join(f"{size:,} p50 / p99 ms" for size in sizes)
+    lines = [
+        f"### {backend}",
+        "",
+        f"| request | {head} | p50 growth {smallest:,} -> {largest:,} |",
+        "| --- | " + " | ".join("---:" for _ in sizes) + " | ---: |",
+    ]
+    indexed = {name for name, _ in INDEXED}
+    for name, by_size in results.items():
+        cells = " | ".join(f"{by_size[s].p50_ms:.2f} / {by_size[s].p99_ms:.2f}" for s in sizes)
+        growth = by_size[largest].p50_ms / by_size[smallest].p50_ms
+        mark = "" if name not in indexed or growth <= 1.5 else " (over 1.5x)"
+        lines.append(f"| {name} | {cells} | {growth:.2f}x{mark} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    require_wrk()
+    backends = os.environ.get("BENCH_DATABASES", "sqlite,postgresql").split(",")
+    sizes = [int(n) for n in os.environ.get("BENCH_SIZES", "10000,100000,1000000").split(",")]
+    seconds = float(os.environ.get("BENCH_SECONDS", "3"))
+    print(
+        f"# Scale benchmark: wrk, 1 connection, {seconds:g} s per request; {os.cpu_count()} cores\n"
+    )
+    with tempfile.TemporaryDirectory(prefix="users-bench-") as work:
+        for backend in backends:
+            results = bench_database(backend.strip(), sizes, seconds, Path(work))
+            print(report(backend.strip(), sizes, results) + "\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
