@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Select, select, text
+from sqlalchemy import Engine, Select, func, select, text
 
 from tests.databases import create_fresh_database, migrate
 from users_service.crud import count_statement, page_statement
@@ -35,6 +35,8 @@ def engine(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
     migrate(url)
     seeded = create_db_engine(load_settings(database_url=url, environment="test"))
     seed_users(seeded, SEEDED_USERS, progress=False)
+    with seeded.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(users)).scalar() == SEEDED_USERS
     with seeded.begin() as connection:
         connection.execute(
             text(

@@ -113,8 +113,8 @@ def seed_users(
         tqdm(total=count, unit="users", disable=not progress, smoothing=0.1) as bar,
     ):
         for batch in _batches(rows, batch_size):
-            insert_batch(connection, batch)
-            connection.commit()
+            with connection.begin():
+                insert_batch(connection, batch)
             bar.update(len(batch))
     return count
 
