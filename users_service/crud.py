@@ -9,9 +9,9 @@ its refusal is turned into 409 `email_taken` (no check-then-insert).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Row, Select, delete, func, insert, select, update
@@ -75,8 +75,50 @@ def create_user(*, session: Session, data: UserFields) -> UserRecord:
     }
     with write_transaction(session), _email_must_be_free(session):
         session.execute(insert(users).values(values))
-        session.commit()
     return to_record(values)
+
+
+def create_users(*, session: Session, data: Sequence[UserFields]) -> list[UserRecord]:
+    """Create every user or none, in the order given.
+
+    The same email twice in `data` is refused before the database is asked
+    (naming the later one); an email another user already has is refused by
+    the unique index, and then looked up to name the item that collided.
+    """
+    first_seen: dict[str, int] = {}
+    for index, item in enumerate(data):
+        if item.email in first_seen:
+            raise email_taken(loc=("body", "users", index, "email"))
+        first_seen[item.email] = index
+    now = utcnow()
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            **item.model_dump(include=set(EDITABLE_FIELDS)),
+            # One microsecond apart: listing by created_at keeps the order sent.
+            "created_at": (created := now + timedelta(microseconds=index)),
+            "updated_at": created,
+            "version": 1,
+        }
+        for index, item in enumerate(data)
+    ]
+    with write_transaction(session):
+        try:
+            session.execute(insert(users), rows)
+        except IntegrityError as error:
+            if not is_unique_violation(error):
+                raise
+            session.rollback()
+            taken = set(
+                session.execute(
+                    select(users.c.email).where(users.c.email.in_(list(first_seen)))
+                ).scalars()
+            )
+            collided = next((i for i, row in enumerate(rows) if row["email"] in taken), None)
+            raise email_taken(
+                loc=("body", "users") if collided is None else ("body", "users", collided, "email")
+            ) from None
+    return [to_record(row) for row in rows]
 
 
 def get_user(*, session: Session, user_id: uuid.UUID) -> UserRecord:
@@ -110,7 +152,6 @@ def update_user(
         values = {**changed, "updated_at": utcnow(), "version": row.version + 1}
         with _email_must_be_free(session):
             session.execute(update(users).where(users.c.id == user_id).values(values))
-            session.commit()
     return to_record({**row._mapping, **values})
 
 
@@ -126,7 +167,6 @@ def delete_user(*, session: Session, user_id: uuid.UUID, expected: VersionCondit
             if not expected.matches(row.version):
                 raise version_mismatch()
         deleted = session.execute(delete(users).where(condition)).rowcount  # type: ignore[attr-defined]
-        session.commit()
     if not deleted:
         raise user_not_found()
 

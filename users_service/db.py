@@ -104,24 +104,34 @@ def read_session(engine: Engine) -> Iterator[Session]:
 
 @contextmanager
 def write_transaction(session: Session) -> Iterator[None]:
-    """Run the block as the session's one write transaction.
+    """Run the block as one write transaction: committed when the block
+    ends normally, rolled back when it raises. A write_transaction inside
+    another joins it (the outer one commits).
 
-    Enter first thing in a function that writes, and commit inside the
-    block; a block left without a commit is rolled back. On SQLite the
-    write lock is taken now (BEGIN IMMEDIATE) rather than at the first
-    write, when a transaction that already read could only fail; and
-    writers of one process queue on a Python lock first, in order, instead
-    of polling SQLite's lock (other processes still wait on busy_timeout).
+    On SQLite the write lock is taken when the block starts (BEGIN
+    IMMEDIATE) rather than at the first write, when a transaction that
+    already read could only fail; and writers of one process queue on a
+    Python lock first, in order, instead of polling SQLite's lock (other
+    processes still wait on busy_timeout).
     """
+    if session.info.get(WRITE_OPTION):  # inside another write_transaction: join it
+        yield
+        return
     bind = session.get_bind()
     lock = _SQLITE_WRITE_LOCKS.get(bind) if isinstance(bind, Engine) else None
     with lock or nullcontext():
         session.connection(execution_options={WRITE_OPTION: True})
+        session.info[WRITE_OPTION] = True
         try:
             yield
-        finally:
+        except BaseException:
+            session.rollback()
+            raise
+        else:
             if session.in_transaction():
-                session.rollback()
+                session.commit()
+        finally:
+            session.info.pop(WRITE_OPTION, None)
 
 
 def is_unique_violation(error: exc.IntegrityError, index: str = EMAIL_UNIQUE_INDEX) -> bool:
