@@ -163,13 +163,32 @@ def test_production_without_cursor_secret_is_refused_naming_it() -> None:
         load_settings(environment="production")
 
 
-def test_production_with_cursor_secret_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_production_with_cursor_secret_and_api_keys_is_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("CURSOR_SECRET", "a-private-value")
+    monkeypatch.setenv("API_KEYS", "billing:a-long-random-key")
 
     settings = load_settings(environment="production")
 
     assert settings.environment is Environment.production
     assert settings.cursor_secret.get_secret_value() == "a-private-value"
+    assert [key.caller for key in settings.api_key_list] == ["billing"]
+
+
+def test_production_without_api_keys_is_refused_naming_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CURSOR_SECRET", "a-private-value")
+
+    with pytest.raises(SettingsError, match="API_KEYS or API_READ_KEYS"):
+        load_settings(environment="production")
+
+
+@pytest.mark.parametrize("entry", ["nokey", "caller:", ":key", "bad caller:key"])
+def test_malformed_api_key_entries_are_refused_naming_the_setting(entry: str) -> None:
+    with pytest.raises(SettingsError, match="API_READ_KEYS"):
+        load_settings(api_read_keys=entry)
 
 
 @pytest.mark.parametrize(

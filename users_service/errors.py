@@ -91,6 +91,10 @@ def validation_failed(
     return Problem(422, "validation_failed", detail, errors=list(errors))
 
 
+def payload_too_large(limit: int) -> Problem:
+    return Problem(413, "payload_too_large", f"The request body is larger than {limit} bytes")
+
+
 def unsupported_media_type(allowed: Sequence[str]) -> Problem:
     return Problem(
         415,
@@ -147,6 +151,8 @@ def _title(status: int) -> str:
 
 
 _HTTP_CODES = {
+    401: ("unauthorized", "A valid API key is required"),
+    403: ("forbidden", "This API key may not do this"),
     404: ("not_found", "No such resource"),
     405: ("method_not_allowed", "This method is not allowed on this resource"),
     413: ("payload_too_large", "The request body is too large"),
@@ -154,25 +160,28 @@ _HTTP_CODES = {
 }
 
 
-async def _on_problem(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, Problem)
-    return problem_response(error)
+def error_response(error: Exception) -> JSONResponse:
+    """The problem answer for an error the service knows how to answer.
 
-
-async def _on_http_exception(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, StarletteHTTPException)
-    if error.status_code == 400:  # FastAPI could not read the body
-        detail = "The request body could not be read"
-        return problem_response(
-            validation_failed([{"loc": ["body"], "msg": detail, "type": "invalid"}], detail)
-        )
-    code, detail = _HTTP_CODES.get(error.status_code, ("http_error", _title(error.status_code)))
-    return problem_response(Problem(error.status_code, code, detail, headers=error.headers))
-
-
-async def _on_validation_error(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, RequestValidationError)
-    return problem_response(validation_failed(_clean_errors(error.errors())))
+    Raises the error again when it is not one of those (the last-resort
+    middleware answers it with a 500).
+    """
+    if isinstance(error, Problem):
+        return problem_response(error)
+    if isinstance(error, RequestValidationError):
+        return problem_response(validation_failed(_clean_errors(error.errors())))
+    if isinstance(error, StarletteHTTPException):
+        if error.status_code == 400:  # FastAPI could not read the body
+            detail = "The request body could not be read"
+            return problem_response(
+                validation_failed([{"loc": ["body"], "msg": detail, "type": "invalid"}], detail)
+            )
+        code, detail = _HTTP_CODES.get(error.status_code, ("http_error", _title(error.status_code)))
+        return problem_response(Problem(error.status_code, code, detail, headers=error.headers))
+    if isinstance(error, sa_exc.SQLAlchemyError) and is_unavailable(error):
+        logger.warning("database unavailable: %s", type(error).__name__)
+        return problem_response(service_unavailable())
+    raise error
 
 
 def _clean_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
@@ -185,19 +194,18 @@ def _clean_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return cleaned
 
 
-async def _on_database_error(_request: Request, error: Exception) -> JSONResponse:
-    if is_unavailable(error):
-        logger.warning("database unavailable: %s", type(error).__name__)
-        return problem_response(service_unavailable())
-    logger.error("database error", exc_info=error)
-    return problem_response(internal_error())
+async def _on_error(_request: Request, error: Exception) -> JSONResponse:
+    return error_response(error)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(Problem, _on_problem)
-    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(sa_exc.SQLAlchemyError, _on_database_error)
+    for error_class in (
+        Problem,
+        StarletteHTTPException,
+        RequestValidationError,
+        sa_exc.SQLAlchemyError,
+    ):
+        app.add_exception_handler(error_class, _on_error)
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

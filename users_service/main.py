@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from fastapi import FastAPI
 
 from users_service import __version__
 from users_service.api import docs, health, users
+from users_service.auth import ApiKeyMiddleware
 from users_service.db import (
     configure_threadpool,
     create_db_engine,
@@ -17,7 +19,8 @@ from users_service.db import (
     known_revisions,
 )
 from users_service.errors import install_error_handlers
-from users_service.middleware import RequestContextMiddleware
+from users_service.idempotency import sweep_expired_idempotency_keys
+from users_service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from users_service.pagination import CursorCodec
 from users_service.settings import Settings, load_settings
 
@@ -36,7 +39,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         configure_threadpool(settings)
+        sweeper = asyncio.create_task(sweep_expired_idempotency_keys(engine))
         yield
+        sweeper.cancel()
         engine.dispose()
 
     app = FastAPI(
@@ -56,6 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.schema_revisions = known_revisions()
 
     install_error_handlers(app)
+    # Outermost last: request ids, then API keys, then the body limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(users.router)
     app.include_router(health.router)

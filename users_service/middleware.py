@@ -10,7 +10,7 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from users_service.errors import internal_error, problem_response
+from users_service.errors import internal_error, payload_too_large, problem_response
 from users_service.request_context import (
     REQUEST_ID_HEADER,
     request_id_from,
@@ -54,3 +54,37 @@ class RequestContextMiddleware:
             await problem_response(internal_error())(scope, receive, send_with_request_id)
         finally:
             reset_request_id(token)
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `max_bytes` with 413, declared or streamed.
+
+    A declared Content-Length over the limit is answered before any of the
+    body is read; a chunked body is counted as it arrives and cut off at
+    the limit, so the service never holds more than `max_bytes` of it.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await problem_response(payload_too_large(self.max_bytes))(scope, receive, send)
+                return
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise payload_too_large(self.max_bytes)
+            return message
+
+        await self.app(scope, receive_within_limit, send)

@@ -7,6 +7,9 @@ stops start-up with a message that names the setting (see `load_settings`).
 
 from __future__ import annotations
 
+import hashlib
+import re
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from typing import Annotated, Self
@@ -50,6 +53,34 @@ DEVELOPMENT_CURSOR_SECRET = "development-only-cursor-secret"  # noqa: S105 - ref
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+_CALLER = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    caller: str
+    digest: bytes
+    can_write: bool
+
+
+def parse_api_keys(setting: str, *, can_write: bool, name: str) -> list[ApiKey]:
+    """`caller:key,caller:key` → keys; a malformed entry raises ValueError naming `name`."""
+    keys = []
+    for number, entry in enumerate(filter(None, (e.strip() for e in setting.split(","))), 1):
+        caller, separator, secret = entry.partition(":")
+        if not separator or not _CALLER.fullmatch(caller) or not secret:
+            raise ValueError(
+                f"{name}: entry {number} must be caller:key, the caller 1-100 letters, "
+                "digits, '_', '.' or '-'"
+            )
+        keys.append(ApiKey(caller, key_digest(secret), can_write))
+    return keys
+
+
+def key_digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -80,20 +111,42 @@ class Settings(BaseSettings):
     # Every replica of one deployment must share it.
     cursor_secret: SecretStr = SecretStr(DEVELOPMENT_CURSOR_SECRET)
 
+    # Who may call /users: comma-separated caller:key pairs (see auth.py).
+    api_keys: SecretStr = SecretStr("")
+    api_read_keys: SecretStr = SecretStr("")
+
+    # Largest request body accepted, declared or streamed (413 beyond).
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 1024 * 1024
+
     @model_validator(mode="after")
     def _check_production(self) -> Self:
-        if (
-            self.environment is Environment.production
-            and self.cursor_secret.get_secret_value() == DEVELOPMENT_CURSOR_SECRET
-        ):
+        if self.environment is not Environment.production:
+            return self
+        if self.cursor_secret.get_secret_value() == DEVELOPMENT_CURSOR_SECRET:
             raise ValueError(
                 "CURSOR_SECRET must be set to a private value when ENVIRONMENT=production"
             )
+        if not self.api_key_list:
+            raise ValueError(
+                "API_KEYS or API_READ_KEYS must be set when ENVIRONMENT=production: "
+                "the service will not serve users to anyone who asks"
+            )
         return self
 
+    @cached_property
+    def api_key_list(self) -> list[ApiKey]:
+        """API_KEYS and API_READ_KEYS, parsed (a malformed entry is refused by name)."""
+        return [
+            *parse_api_keys(self.api_keys.get_secret_value(), can_write=True, name="API_KEYS"),
+            *parse_api_keys(
+                self.api_read_keys.get_secret_value(), can_write=False, name="API_READ_KEYS"
+            ),
+        ]
+
     @model_validator(mode="after")
-    def _check_database_url(self) -> Self:
+    def _check_parsed_settings(self) -> Self:
         self.sqlalchemy_url  # noqa: B018 - parses the URL, raising a clear error
+        self.api_key_list  # noqa: B018 - parses the keys, raising a clear error
         return self
 
     @cached_property

@@ -1,0 +1,78 @@
+"""Who may call: API keys from API_KEYS (read and write) and API_READ_KEYS.
+
+Each setting is a comma-separated list of `caller:key` pairs. When either
+is set, every /users request needs `Authorization: Bearer <key>`. Keys are
+compared in constant time (as SHA-256 digests, so not even their length
+shows), and never logged: only the caller's name travels on, in
+`scope["state"]["caller"]`, for logs and idempotency keys.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from users_service.errors import Problem, problem_response
+from users_service.settings import ApiKey, key_digest
+
+ANONYMOUS = "anonymous"
+PROTECTED_PREFIX = "/users"
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _unauthorized() -> Problem:
+    return Problem(
+        401,
+        "unauthorized",
+        "A valid API key is required: Authorization: Bearer <key>",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _forbidden() -> Problem:
+    return Problem(403, "forbidden", "This API key may only read")
+
+
+class ApiKeyMiddleware:
+    """Checks the bearer key on /users requests when keys are configured."""
+
+    def __init__(self, app: ASGIApp, keys: Sequence[ApiKey]) -> None:
+        self.app = app
+        self.keys = tuple(keys)
+
+    def _caller_of(self, scope: Scope) -> ApiKey | None:
+        token = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and credentials.strip():
+                    token = credentials.strip()
+                break
+        if token is None:
+            return None
+        digest = key_digest(token)
+        found = None
+        for key in self.keys:  # no early exit: every key is compared
+            if hmac.compare_digest(key.digest, digest):
+                found = key
+        return found
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state["caller"] = ANONYMOUS
+        path = scope["path"]
+        if self.keys and (path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")):
+            key = self._caller_of(scope)
+            if key is None:
+                await problem_response(_unauthorized())(scope, receive, send)
+                return
+            if not key.can_write and scope["method"] not in READ_METHODS:
+                await problem_response(_forbidden())(scope, receive, send)
+                return
+            state["caller"] = key.caller
+        await self.app(scope, receive, send)
