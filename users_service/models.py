@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, ConfigDict, Strict, field_validator
-from sqlalchemy import DateTime, Index, MetaData, SmallInteger, String, Uuid
+from sqlalchemy import DateTime, Index, LargeBinary, MetaData, SmallInteger, String, Text, Uuid
 from sqlalchemy.dialects import mysql
 from sqlmodel import Field, SQLModel
 
@@ -47,10 +47,22 @@ POSTGRESQL_ONLY_INDEXES = frozenset({NAME_TRIGRAM_INDEX})
 # fraction unless asked for it, and keyset paging needs the exact value back.
 Timestamp = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
+# Every table on MariaDB/MySQL: utf8mb4 with a binary collation. (SQLAlchemy
+# reads mariadb_* options for mariadb:// URLs, mysql_* for mysql:// ones.)
+MYSQL_TABLE_OPTIONS = {
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+    "mariadb_charset": "utf8mb4",
+    "mariadb_collate": "utf8mb4_bin",
+}
+
 # Native UUID on PostgreSQL; CHAR(32) hex on MariaDB/MySQL (and SQLite), so
 # that ids sort in the same order everywhere: MariaDB's native UUID type
 # compares the last groups first.
 UserIdType = Uuid().with_variant(Uuid(native_uuid=False), "mysql", "mariadb")
+
+# A stored answer can be a batch of 1000 users: more than MySQL's 64 KiB BLOB.
+AnswerBody = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 
 
 def _has_forbidden_characters(value: str) -> bool:
@@ -129,20 +141,33 @@ class User(UserFields, table=True):
         # Binary collation: emails are already lower-cased by us, and a
         # case- or accent-insensitive collation would make "é@x.io" and
         # "e@x.io" collide.
-        # (SQLAlchemy reads mariadb_* options for mariadb:// URLs, mysql_*
-        # for mysql:// ones.)
-        {
-            "mysql_charset": "utf8mb4",
-            "mysql_collate": "utf8mb4_bin",
-            "mariadb_charset": "utf8mb4",
-            "mariadb_collate": "utf8mb4_bin",
-        },
+        MYSQL_TABLE_OPTIONS,
     )
 
     id: uuid.UUID = Field(primary_key=True, sa_type=UserIdType)
     created_at: datetime = Field(sa_type=Timestamp)
     updated_at: datetime = Field(sa_type=Timestamp)
     version: int
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """An Idempotency-Key and the answer its first request got (see idempotency.py)."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__: Any = (
+        Index("ix_idempotency_keys_created_at", "created_at"),
+        MYSQL_TABLE_OPTIONS,
+    )
+
+    caller: str = Field(primary_key=True, sa_type=String(100))
+    endpoint: str = Field(primary_key=True, sa_type=String(50))
+    key: str = Field(primary_key=True, sa_type=String(255))
+    request_hash: str = Field(sa_type=String(64))
+    created_at: datetime = Field(sa_type=Timestamp)
+    # NULL while the first request is still running.
+    status: int | None = Field(default=None, sa_type=SmallInteger)
+    headers: str | None = Field(default=None, sa_type=Text)
+    body: bytes | None = Field(default=None, sa_type=AnswerBody)
 
 
 _STRICT_BODY = ConfigDict(extra="forbid", strict=True)
@@ -170,6 +195,17 @@ class UserUpdate(SQLModel):
     age: Age = None  # type: ignore[assignment]
 
 
+BATCH_MAX = 1000
+
+
+class UserBatchCreate(SQLModel):
+    """Body of POST /users/batch: 1-1000 users, all created or none."""
+
+    model_config = _STRICT_BODY  # type: ignore[assignment]
+
+    users: list[UserCreate] = Field(min_length=1, max_length=BATCH_MAX)
+
+
 class UserPublic(SQLModel):
     """A user as the API returns it."""
 
@@ -180,6 +216,10 @@ class UserPublic(SQLModel):
     created_at: datetime
     updated_at: datetime
     version: int
+
+
+class UserBatchPublic(SQLModel):
+    items: list[UserPublic]
 
 
 class UserPage(SQLModel):

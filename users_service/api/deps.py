@@ -6,9 +6,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Header, Path, Request, Response
 from sqlmodel import Session
 
+from users_service import idempotency
 from users_service.db import read_session
 from users_service.pagination import CursorCodec
 from users_service.preconditions import (
@@ -24,6 +25,36 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 def get_session(request: Request) -> Iterator[Session]:
     with read_session(request.app.state.engine) as session:
         yield session
+
+
+class IdempotentAnswer:
+    """Where a POST stores its answer for retries with the same Idempotency-Key."""
+
+    def __init__(self, claim: idempotency.Claim | None) -> None:
+        self.claim = claim
+
+    def save(self, response: Response, *, session: Session) -> None:
+        """Store `response` in the session's open write transaction (no key: nothing)."""
+        if self.claim is not None:
+            idempotency.save_answer(session=session, claimed=self.claim, response=response)
+
+
+def get_idempotent_answer(
+    request: Request,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=idempotency.HEADER,
+            pattern=idempotency.KEY_PATTERN.pattern,
+            description=(
+                "1-255 visible ASCII characters. A retry with the same key and body "
+                "within 24 hours gets the first answer again (Idempotency-Replayed: "
+                "true) and creates nothing."
+            ),
+        ),
+    ] = None,
+) -> IdempotentAnswer:
+    return IdempotentAnswer(getattr(request.state, "idempotency_claim", None))
 
 
 def get_settings(request: Request) -> Settings:
@@ -73,3 +104,4 @@ CursorCodecDep = Annotated[CursorCodec, Depends(get_cursor_codec)]
 UserIdDep = Annotated[uuid.UUID, Depends(user_id_from_path)]
 IfMatchDep = Annotated[VersionCondition | None, Depends(if_match)]
 IfNoneMatchDep = Annotated[VersionCondition | None, Depends(if_none_match)]
+IdempotentAnswerDep = Annotated[IdempotentAnswer, Depends(get_idempotent_answer)]

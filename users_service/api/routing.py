@@ -1,10 +1,15 @@
-"""A route class that reads JSON request bodies by the contract's rules.
+"""The route class of /users: JSON bodies by the contract's rules, and
+Idempotency-Key on POST.
 
 FastAPI on its own treats a body of another content type as bytes (a 422
 about the body's type, not a 415) and answers 400 for bodies it cannot
 decode. This class checks the content type first (415), then parses the
 body as one JSON object (422 otherwise), and hands the parsed object to
 FastAPI's validation.
+
+On POST, a request with an `Idempotency-Key` claims the key before any of
+that (see users_service/idempotency.py): a retry gets the first answer back,
+whatever it was (a 201, a 409, a 422 about the body), unless it was a 5xx.
 """
 
 from __future__ import annotations
@@ -13,13 +18,18 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 
-from users_service.errors import unsupported_media_type, validation_failed
+from users_service import idempotency
+from users_service.db import read_session
+from users_service.errors import error_response, unsupported_media_type, validation_failed
 from users_service.jsonio import BodyError, parse_json_object
 
 JSON = "application/json"
 MERGE_PATCH_JSON = "application/merge-patch+json"
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 def accepted_media_types(methods: set[str]) -> tuple[str, ...]:
@@ -31,15 +41,15 @@ def media_type_of(request: Request) -> str:
 
 
 class JSONBodyRoute(APIRoute):
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
         if self.body_field is None:
             return handler
-        accepted = accepted_media_types(self.methods or set())
+        methods = self.methods or set()
+        accepted = accepted_media_types(methods)
+        endpoint = f"{'/'.join(sorted(methods))} {self.path}"
 
-        async def read_json_body_then_handle(request: Request) -> Response:
-            if media_type_of(request) not in accepted:
-                raise unsupported_media_type(accepted)
+        async def parse_body_then_handle(request: Request) -> Response:
             try:
                 body = parse_json_object(await request.body())
             except BodyError as error:
@@ -51,4 +61,59 @@ class JSONBodyRoute(APIRoute):
             request._json = body
             return await handler(request)
 
-        return read_json_body_then_handle
+        async def handle(request: Request) -> Response:
+            if media_type_of(request) not in accepted:
+                raise unsupported_media_type(accepted)
+            key = request.headers.get(idempotency.HEADER)
+            if "POST" not in methods or key is None:
+                return await parse_body_then_handle(request)
+            return await handle_idempotently(request, key, endpoint, parse_body_then_handle)
+
+        return handle
+
+
+async def handle_idempotently(
+    request: Request, key: str, endpoint: str, handler: Handler
+) -> Response:
+    if not idempotency.KEY_PATTERN.fullmatch(key):
+        raise idempotency.malformed_key()
+    engine = request.app.state.engine
+    request_hash = idempotency.fingerprint(await request.body())
+
+    def claim() -> idempotency.Claim | idempotency.StoredAnswer:
+        with read_session(engine) as session:
+            return idempotency.claim(
+                session=session,
+                caller=request.state.caller,
+                endpoint=endpoint,
+                key=key,
+                request_hash=request_hash,
+            )
+
+    outcome = await run_in_threadpool(claim)
+    if isinstance(outcome, idempotency.StoredAnswer):
+        return outcome.response()
+    request.state.idempotency_claim = outcome
+    try:
+        response = await handler(request)
+    except Exception as error:
+        try:
+            response = error_response(error)
+        except Exception:
+            await run_in_threadpool(_release, engine, outcome)
+            raise
+    if response.status_code >= 500:
+        await run_in_threadpool(_release, engine, outcome)
+    elif not outcome.saved:
+        await run_in_threadpool(_save, engine, outcome, response)
+    return response
+
+
+def _save(engine: Any, claimed: idempotency.Claim, response: Response) -> None:
+    with read_session(engine) as session:
+        idempotency.save_answer_now(session=session, claimed=claimed, response=response)
+
+
+def _release(engine: Any, claimed: idempotency.Claim) -> None:
+    with read_session(engine) as session:
+        idempotency.release(session=session, claimed=claimed)

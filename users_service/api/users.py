@@ -9,15 +9,19 @@ from fastapi import APIRouter, Query, Request, Response, status
 from users_service import crud
 from users_service.api.deps import (
     CursorCodecDep,
+    IdempotentAnswerDep,
     IfMatchDep,
     IfNoneMatchDep,
     SessionDep,
     UserIdDep,
 )
 from users_service.api.routing import MERGE_PATCH_JSON, JSONBodyRoute
+from users_service.db import write_transaction
 from users_service.errors import problem_responses, validation_failed
 from users_service.jsonio import JSONResponse
 from users_service.models import (
+    UserBatchCreate,
+    UserBatchPublic,
     UserCreate,
     UserListQuery,
     UserPage,
@@ -30,6 +34,14 @@ from users_service.preconditions import etag
 
 router = APIRouter(prefix="/users", tags=["users"], route_class=JSONBodyRoute)
 
+LOCATION_HEADER = {"Location": {"description": "/users/{id}", "schema": {"type": "string"}}}
+REPLAYED_HEADER = {
+    "Idempotency-Replayed": {
+        "description": "`true` when this answer is the one stored for an earlier "
+        "request with the same Idempotency-Key.",
+        "schema": {"type": "string"},
+    }
+}
 ETAG_HEADER = {
     "ETag": {
         "description": 'The user\'s version as a strong tag: `"<version>"`.',
@@ -50,18 +62,37 @@ def user_response(user: crud.UserRecord, status_code: int = 200, **headers: str)
     response_model=UserPublic,
     operation_id="create_user",
     responses={
-        201: {
-            "headers": {
-                **ETAG_HEADER,
-                "Location": {"description": "/users/{id}", "schema": {"type": "string"}},
-            }
-        },
-        **problem_responses(409, 415, 422, 503),
+        201: {"headers": {**ETAG_HEADER, **LOCATION_HEADER, **REPLAYED_HEADER}},
+        **problem_responses(401, 403, 409, 413, 415, 422, 503),
     },
 )
-def create_user(body: UserCreate, session: SessionDep) -> Response:
-    user = crud.create_user(session=session, data=body)
-    return user_response(user, status.HTTP_201_CREATED, Location=f"/users/{user['id']}")
+def create_user(body: UserCreate, session: SessionDep, idempotent: IdempotentAnswerDep) -> Response:
+    with write_transaction(session):
+        user = crud.create_user(session=session, data=body)
+        response = user_response(user, status.HTTP_201_CREATED, Location=f"/users/{user['id']}")
+        idempotent.save(response, session=session)
+    return response
+
+
+@router.post(
+    "/batch",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserBatchPublic,
+    operation_id="create_users",
+    responses={
+        201: {"headers": REPLAYED_HEADER},
+        **problem_responses(401, 403, 409, 413, 415, 422, 503),
+    },
+)
+def create_users(
+    body: UserBatchCreate, session: SessionDep, idempotent: IdempotentAnswerDep
+) -> Response:
+    """Create 1-1000 users, all or nothing; they come back in the order sent."""
+    with write_transaction(session):
+        created = crud.create_users(session=session, data=body.users)
+        response = JSONResponse({"items": created}, status_code=status.HTTP_201_CREATED)
+        idempotent.save(response, session=session)
+    return response
 
 
 @router.get(
@@ -77,7 +108,7 @@ def create_user(body: UserCreate, session: SessionDep) -> Response:
                 }
             }
         },
-        **problem_responses(422, 503),
+        **problem_responses(401, 422, 503),
     },
 )
 def list_users(
@@ -121,7 +152,7 @@ def list_users(
             "description": "Not Modified: the user still has the ETag in If-None-Match.",
             "headers": ETAG_HEADER,
         },
-        **problem_responses(404, 422, 503),
+        **problem_responses(401, 404, 422, 503),
     },
 )
 def get_user(user_id: UserIdDep, session: SessionDep, if_none_match: IfNoneMatchDep) -> Response:
@@ -137,7 +168,10 @@ def get_user(user_id: UserIdDep, session: SessionDep, if_none_match: IfNoneMatch
     "/{user_id}",
     response_model=UserPublic,
     operation_id="replace_user",
-    responses={200: {"headers": ETAG_HEADER}, **problem_responses(404, 409, 412, 415, 422, 503)},
+    responses={
+        200: {"headers": ETAG_HEADER},
+        **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 503),
+    },
 )
 def replace_user(
     user_id: UserIdDep, body: UserReplace, session: SessionDep, if_match: IfMatchDep
@@ -152,7 +186,10 @@ def replace_user(
     "/{user_id}",
     response_model=UserPublic,
     operation_id="update_user",
-    responses={200: {"headers": ETAG_HEADER}, **problem_responses(404, 409, 412, 415, 422, 503)},
+    responses={
+        200: {"headers": ETAG_HEADER},
+        **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 503),
+    },
     openapi_extra={
         "requestBody": {
             "content": {MERGE_PATCH_JSON: {"schema": {"$ref": "#/components/schemas/UserUpdate"}}}
@@ -175,7 +212,7 @@ def update_user(
     "/{user_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     operation_id="delete_user",
-    responses=problem_responses(404, 412, 422, 503),
+    responses=problem_responses(401, 403, 404, 412, 422, 503),
 )
 def delete_user(user_id: UserIdDep, session: SessionDep, if_match: IfMatchDep) -> Response:
     crud.delete_user(session=session, user_id=user_id, expected=if_match)
