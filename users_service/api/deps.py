@@ -83,7 +83,10 @@ def user_id_from_path(
 def if_match(
     if_match: Annotated[
         str | None,
-        Header(description='Write only if the user\'s ETag matches: `"<version>"` or `*`.'),
+        Header(
+            alias="If-Match",
+            description='Write only if the user\'s ETag matches: `"<version>"` or `*`.',
+        ),
     ] = None,
 ) -> VersionCondition | None:
     return if_match_condition(if_match)
@@ -92,7 +95,7 @@ def if_match(
 def if_none_match(
     if_none_match: Annotated[
         str | None,
-        Header(description="Answer 304 if the user's ETag matches."),
+        Header(alias="If-None-Match", description="Answer 304 if the user's ETag matches."),
     ] = None,
 ) -> VersionCondition | None:
     return if_none_match_condition(if_none_match)

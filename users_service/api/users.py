@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.security import HTTPBearer
 
 from users_service import crud
 from users_service.api.deps import (
@@ -32,7 +33,18 @@ from users_service.models import (
 from users_service.pagination import InvalidCursor, SortOrder
 from users_service.preconditions import etag
 
-router = APIRouter(prefix="/users", tags=["users"], route_class=JSONBodyRoute)
+# The API keys themselves are checked by auth.ApiKeyMiddleware before any
+# route runs; this only declares the scheme in the OpenAPI document.
+bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key from API_KEYS or API_READ_KEYS, when the service has them.",
+)
+router = APIRouter(
+    prefix="/users",
+    tags=["users"],
+    route_class=JSONBodyRoute,
+    dependencies=[Depends(bearer)],
+)
 
 LOCATION_HEADER = {"Location": {"description": "/users/{id}", "schema": {"type": "string"}}}
 REPLAYED_HEADER = {
