@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 
-.PHONY: run migrate revision test lint install clean seed bench-scale
+.PHONY: run migrate revision test lint install clean seed bench bench-scale
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ revision: $(STAMP)
 seed: migrate
 	@test -n "$(N)" || (echo 'usage: make seed N=1000000'; exit 2)
 	$(BIN)/python -m users_service seed $(N)
+
+bench: $(STAMP)
+	@command -v wrk >/dev/null || (echo 'wrk is not installed: apt-get install wrk'; exit 2)
+	$(BIN)/python -m benchmarks.throughput
 
 bench-scale: $(STAMP)
 	@command -v wrk >/dev/null || (echo 'wrk is not installed: apt-get install wrk'; exit 2)

@@ -25,22 +25,12 @@ from urllib.parse import quote
 
 import httpx
 
+from benchmarks.databases import analyze, backends, fresh_database
 from benchmarks.wrk import WrkResult, require_wrk, run_wrk
-from tests.databases import create_fresh_database, migrate
 from tests.server import running_server
-from users_service.db import create_db_engine
 from users_service.seed import seed_users
-from users_service.settings import load_settings
 
 DEEP_ROWS = 10_000
-SERVER_URLS = {
-    "postgresql": os.environ.get(
-        "BENCH_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/users_service_bench"
-    ),
-    "mariadb": os.environ.get(
-        "BENCH_MARIADB_URL", "mariadb://root@127.0.0.1:3306/users_service_bench"
-    ),
-}
 # Index-served requests: these must stay flat as the table grows.
 INDEXED = (
     ("first page", "/users?limit=50"),
@@ -91,23 +81,14 @@ def measure(base_url: str, path: str, seconds: float) -> WrkResult:
 
 
 def bench_database(backend: str, sizes: list[int], seconds: float, work: Path) -> Results:
-    if backend != "sqlite":
-        os.environ["TEST_DATABASE_URLS"] = SERVER_URLS[backend]
-    url = create_fresh_database(backend, work, "")
-    migrate(url)
-    engine = create_db_engine(load_settings(database_url=url, environment="test"))
+    url, engine = fresh_database(backend, work)
     results: Results = {}
     seeded = 0
     for size in sizes:
         started = time.perf_counter()
         seed_users(engine, size - seeded, progress=sys.stderr.isatty())
         seeded = size
-        with engine.begin() as connection:
-            connection.exec_driver_sql(
-                {"sqlite": "ANALYZE", "postgresql": "ANALYZE users"}.get(
-                    backend, "ANALYZE TABLE users"
-                )
-            )
+        analyze(engine)
         print(
             f"{backend}: {size:,} users seeded ({time.perf_counter() - started:.1f} s)",
             file=sys.stderr,
@@ -145,16 +126,15 @@ def report(backend: str, sizes: list[int], results: Results) -> str:
 
 def main() -> int:
     require_wrk()
-    backends = os.environ.get("BENCH_DATABASES", "sqlite,postgresql").split(",")
     sizes = [int(n) for n in os.environ.get("BENCH_SIZES", "10000,100000,1000000").split(",")]
     seconds = float(os.environ.get("BENCH_SECONDS", "3"))
     print(
         f"# Scale benchmark: wrk, 1 connection, {seconds:g} s per request; {os.cpu_count()} cores\n"
     )
     with tempfile.TemporaryDirectory(prefix="users-bench-") as work:
-        for backend in backends:
-            results = bench_database(backend.strip(), sizes, seconds, Path(work))
-            print(report(backend.strip(), sizes, results) + "\n", flush=True)
+        for backend in backends():
+            results = bench_database(backend, sizes, seconds, Path(work))
+            print(report(backend, sizes, results) + "\n", flush=True)
     return 0
 
 

@@ -1,0 +1,182 @@
+"""Throughput benchmark: the service against the framework's own ceiling.
+
+Serves, one after the other with the same uvicorn settings, the bare app of
+benchmarks/ceiling.py and the service (SQLite, then PostgreSQL, each seeded
+with 100k users), and drives each with wrk for a fixed time at 64
+connections. Reports requests/s, p50, p99, non-2xx answers and the ratio to
+the ceiling measured in the same run, the peak memory of each worker, and
+the same with 2 workers (the scaling factor).
+
+    make bench
+    BENCH_DATABASES=sqlite BENCH_SECONDS=5 BENCH_WORKERS=1 make bench
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from sqlalchemy import func, select
+
+from benchmarks.databases import analyze, backends, fresh_database
+from benchmarks.wrk import WrkResult, require_wrk, run_wrk
+from tests.server import REPO_ROOT, free_port, service_env
+from users_service.models import User
+from users_service.seed import seed_users
+
+LUA = Path(__file__).resolve().parent / "lua"
+SEEDED = int(os.environ.get("BENCH_USERS", "100000"))
+CONNECTIONS = 64
+ENDPOINTS = ("GET /users/{id}", "GET /users?limit=50", "POST /users", "PATCH /users/{id}")
+users = User.__table__  # type: ignore[attr-defined]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    base_url: str
+
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = [int(pid) for pid in children.read_text().split()] if children.exists() else []
+        # With one worker uvicorn serves from its own process; with more,
+        # the workers are its children (and it only supervises).
+        return pids or [self.process.pid]
+
+    def peak_rss_mib(self) -> float:
+        peaks = []
+        for pid in self.worker_pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        return max(peaks)
+
+
+@contextmanager
+def serve(app: str, workers: int, env: dict[str, str], *, factory: bool) -> Iterator[Server]:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", app,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers), "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    if factory:
+        command.append("--factory")
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env)
+    server = Server(process, f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(server.base_url + "/openapi.json", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{app} did not start")
+            time.sleep(0.1)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def drive(server: Server, endpoint: str, ids_file: Path, seconds: float) -> WrkResult:
+    scripts = {
+        "GET /users/{id}": ("/", LUA / "get_user.lua"),
+        "GET /users?limit=50": ("/users?limit=50", None),
+        "POST /users": ("/", LUA / "post_user.lua"),
+        "PATCH /users/{id}": ("/", LUA / "patch_user.lua"),
+    }
+    path, script = scripts[endpoint]
+    args = (str(ids_file),) if script is not None and "post" not in script.name else ()
+    return run_wrk(
+        server.base_url + path,
+        connections=CONNECTIONS,
+        threads=2,
+        seconds=seconds,
+        script=script,
+        script_args=args,
+    )
+
+
+def row(name: str, result: WrkResult, ceiling: float) -> str:
+    return (
+        f"| {name} | {result.requests_per_second:,.0f} | {result.p50_ms:.1f} | "
+        f"{result.p99_ms:.1f} | {result.non_2xx + result.socket_errors} | "
+        f"{result.requests_per_second / ceiling:.0%} |"
+    )
+
+
+def main() -> int:
+    require_wrk()
+    seconds = float(os.environ.get("BENCH_SECONDS", "10"))
+    worker_counts = [int(n) for n in os.environ.get("BENCH_WORKERS", "1,2").split(",")]
+    rates: dict[tuple[int, str, str], float] = {}
+    print(f"# Throughput: wrk, {CONNECTIONS} connections, {seconds:g} s per endpoint; "
+          f"{os.cpu_count()} cores; {SEEDED:,} users\n")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="users-bench-") as work_dir:
+        work = Path(work_dir)
+        databases = {}
+        for backend in backends():
+            url, engine = fresh_database(backend, work)
+            seed_users(engine, SEEDED, progress=False)
+            analyze(engine)
+            ids_file = work / f"ids-{backend}.txt"
+            with engine.connect() as connection:
+                ids = connection.execute(
+                    select(users.c.id).order_by(func.random()).limit(10_000)
+                ).scalars()
+                ids_file.write_text("".join(f"{user_id}\n" for user_id in ids))
+            engine.dispose()
+            databases[backend] = (url, ids_file)
+        for workers in worker_counts:
+            lines = [
+                f"## {workers} worker{'s' if workers > 1 else ''}",
+                "",
+                "| target | requests/s | p50 ms | p99 ms | errors | of ceiling |",
+                "| --- | ---: | ---: | ---: | ---: | ---: |",
+            ]
+            env = service_env(LOG_LEVEL="WARNING")
+            with serve("benchmarks.ceiling:app", workers, env, factory=False) as server:
+                run_wrk(server.base_url + "/ping", connections=CONNECTIONS, threads=2, seconds=2)
+                ceiling = run_wrk(
+                    server.base_url + "/ping", connections=CONNECTIONS, threads=2, seconds=seconds
+                )
+            lines.append(row("ceiling: GET /ping", ceiling, ceiling.requests_per_second))
+            rates[(workers, "ceiling", "")] = ceiling.requests_per_second
+            memory = []
+            for backend, (url, ids_file) in databases.items():
+                env = service_env(DATABASE_URL=url, LOG_LEVEL="WARNING", ENVIRONMENT="test")
+                with serve("users_service.main:create_app", workers, env, factory=True) as server:
+                    drive(server, "GET /users/{id}", ids_file, 2)  # warm up
+                    for endpoint in ENDPOINTS:
+                        result = drive(server, endpoint, ids_file, seconds)
+                        rates[(workers, backend, endpoint)] = result.requests_per_second
+                        lines.append(
+                            row(f"{backend}: {endpoint}", result, ceiling.requests_per_second)
+                        )
+                    memory.append(f"{backend} {server.peak_rss_mib():.0f} MiB")
+            lines += ["", "Peak resident memory per worker: " + ", ".join(memory) + "."]
+            print("\n".join(lines) + "\n", flush=True)
+    if len(worker_counts) > 1:
+        low, high = worker_counts[0], worker_counts[-1]
+        print(f"## Scaling from {low} to {high} workers\n")
+        print("| target | factor |\n| --- | ---: |")
+        for (workers, backend, endpoint), rate in rates.items():
+            if workers == low and (high, backend, endpoint) in rates:
+                name = f"{backend}: {endpoint}" if endpoint else backend
+                print(f"| {name} | {rates[(high, backend, endpoint)] / rate:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
