@@ -1,4 +1,8 @@
-"""What routes depend on, as type aliases: `SessionDep`, `SettingsDep`, ..."""
+"""What routes depend on, as type aliases: `SessionDep`, `SettingsDep`, ...
+
+Dependencies that do no I/O are `async def`: FastAPI runs a plain `def`
+dependency in the thread pool, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ class IdempotentAnswer:
             idempotency.save_answer(session=session, claimed=self.claim, response=response)
 
 
-def get_idempotent_answer(
+async def get_idempotent_answer(
     request: Request,
     idempotency_key: Annotated[
         str | None,
@@ -57,17 +61,17 @@ def get_idempotent_answer(
     return IdempotentAnswer(getattr(request.state, "idempotency_claim", None))
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_cursor_codec(request: Request) -> CursorCodec:
+async def get_cursor_codec(request: Request) -> CursorCodec:
     codec: CursorCodec = request.app.state.cursor_codec
     return codec
 
 
-def user_id_from_path(
+async def user_id_from_path(
     user_id: Annotated[
         str,
         Path(
@@ -80,7 +84,7 @@ def user_id_from_path(
     return uuid.UUID(user_id)
 
 
-def if_match(
+async def if_match(
     if_match: Annotated[
         str | None,
         Header(
@@ -92,7 +96,7 @@ def if_match(
     return if_match_condition(if_match)
 
 
-def if_none_match(
+async def if_none_match(
     if_none_match: Annotated[
         str | None,
         Header(alias="If-None-Match", description="Answer 304 if the user's ETag matches."),
