@@ -60,8 +60,10 @@ class BodyLimitMiddleware:
     """Refuses request bodies over `max_bytes` with 413, declared or streamed.
 
     A declared Content-Length over the limit is answered before any of the
-    body is read; a chunked body is counted as it arrives and cut off at
-    the limit, so the service never holds more than `max_bytes` of it.
+    body is read (the server enforces the declared length itself). A body
+    of undeclared length (chunked) is read here, up to the limit, before
+    the route runs — so even a route that never reads bodies refuses it —
+    and never held past the limit.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -72,19 +74,37 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+        declared = next(
+            (value for name, value in scope["headers"] if name == b"content-length"), None
+        )
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.max_bytes:
                 await problem_response(payload_too_large(self.max_bytes))(scope, receive, send)
                 return
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
         received = 0
-
-        async def receive_within_limit() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise payload_too_large(self.max_bytes)
-            return message
+            if message["type"] != "http.request":
+                await self.app(scope, _replaying([message], receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            if received > self.max_bytes:
+                await problem_response(payload_too_large(self.max_bytes))(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replaying([body], receive), send)
 
-        await self.app(scope, receive_within_limit, send)
+
+def _replaying(messages: list[Message], receive: Receive) -> Receive:
+    """A receive that hands out `messages` first, then the real ones."""
+
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replay
