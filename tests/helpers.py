@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi.testclient import TestClient
 from httpx import Response
 
 _serial = itertools.count(1)
+T = TypeVar("T")
 
 
 def create_user(client: TestClient, **overrides: Any) -> dict[str, Any]:
@@ -35,3 +39,23 @@ def assert_problem(response: Response, status: int, code: str) -> dict[str, Any]
 
 def parse_timestamp(value: str) -> datetime:
     return datetime.fromisoformat(value)
+
+
+def user_count(client: TestClient, **headers: str) -> int:
+    """How many users exist (GET /users?include_total=true)."""
+    response = client.get("/users", params={"include_total": "true", "limit": 1}, headers=headers)
+    assert response.status_code == 200, response.text
+    total: int = response.json()["total"]
+    return total
+
+
+def race(count: int, request: Callable[[int], T]) -> list[T]:
+    """`count` calls of `request(i)`, each on its own thread, released together."""
+    barrier = threading.Barrier(count, timeout=30)
+
+    def run(index: int) -> T:
+        barrier.wait()
+        return request(index)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(run, range(count)))
