@@ -1,7 +1,7 @@
 """API_KEYS and API_READ_KEYS: who may call /users, and what stays open.
 
 Authentication does not touch the database: the tests with keys configured
-run on SQLite only.
+run once, on a SQLite database of their own.
 """
 
 from __future__ import annotations
@@ -13,10 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import delete
 
+from tests.databases import create_fresh_database, migrate
 from tests.helpers import assert_problem, user_count
 from users_service.main import create_app
+from users_service.models import IdempotencyKey, User
 from users_service.settings import load_settings
 
 WRITER_KEY = "w-key-123"
@@ -26,22 +30,31 @@ READER = {"Authorization": f"Bearer {READER_KEY}"}
 ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "age": 36}
 
 
-@pytest.fixture
-def keyed(backend: str, client: TestClient, database_url: str) -> Iterator[TestClient]:
-    """An app with a writer and a reader key; the users table emptied."""
-    if backend != "sqlite":
-        pytest.skip("API keys do not depend on the database")
+@pytest.fixture(scope="module")
+def keyed_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
+    """An app with a writer and a reader key, on a SQLite database of its own."""
+    url = create_fresh_database("sqlite", tmp_path_factory.mktemp("api-keys"))
+    migrate(url)
     app = create_app(
         load_settings(
-            database_url=database_url,
+            database_url=url,
             environment="test",
             api_keys=f"writer:{WRITER_KEY}",
             api_read_keys=f"reader:{READER_KEY}",
         )
     )
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
+    yield app
     app.state.engine.dispose()
+
+
+@pytest.fixture
+def keyed(keyed_app: FastAPI) -> Iterator[TestClient]:
+    """A client on the keyed app, its tables emptied."""
+    with keyed_app.state.engine.begin() as connection:
+        for table in (User.__table__, IdempotencyKey.__table__):  # type: ignore[attr-defined]
+            connection.execute(delete(table))
+    with TestClient(keyed_app, raise_server_exceptions=False) as test_client:
+        yield test_client
 
 
 @pytest.fixture
