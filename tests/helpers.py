@@ -27,6 +27,24 @@ def create_user(client: TestClient, **overrides: Any) -> dict[str, Any]:
     return user
 
 
+ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "age": 36}
+
+
+def create_ada(client: TestClient, **fields: Any) -> dict[str, Any]:
+    """POST Ada (or Ada with `fields` changed) and return the JSON."""
+    response = client.post("/users", json={**ADA, **fields})
+    assert response.status_code == 201, response.text
+    user: dict[str, Any] = response.json()
+    return user
+
+
+def write_path(client: TestClient, method: str) -> str:
+    """Where `method` writes a user: the collection, or an existing user."""
+    if method == "POST":
+        return "/users"
+    return f"/users/{create_ada(client, email='existing@example.com')['id']}"
+
+
 def assert_problem(response: Response, status: int, code: str) -> dict[str, Any]:
     """Check that `response` is the problem `status`/`code`; return its body."""
     assert response.status_code == status, response.text

@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, race
 
 T = TypeVar("T")
-
-
-def race(count: int, request: Callable[[int], T]) -> list[T]:
-    """`count` calls of `request(i)`, each on its own thread, released together."""
-    barrier = threading.Barrier(count, timeout=30)
-
-    def run(index: int) -> T:
-        barrier.wait()
-        return request(index)
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(run, range(count)))
 
 
 def statuses(responses: list[httpx.Response]) -> Counter[int]:

@@ -12,25 +12,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-VALID = {"name": "Ada Lovelace", "email": "ada@example.com", "age": 36}
+from tests.helpers import ADA, create_ada, write_path
+
+VALID = ADA
 VALID_TEXT = json.dumps(VALID)
 WRITE_METHODS = ["POST", "PUT", "PATCH"]
 PROBLEM_KEYS = {"type", "title", "status", "detail", "code", "request_id"}
 REQUEST_ID = re.compile(r"[A-Za-z0-9\-_.:]{1,128}")
-
-
-def create_user(client: TestClient, **fields: Any) -> dict[str, Any]:
-    response = client.post("/users", json={**VALID, **fields})
-    assert response.status_code == 201, response.text
-    user: dict[str, Any] = response.json()
-    return user
-
-
-def write_path(client: TestClient, method: str) -> str:
-    """Where `method` writes a user: the collection, or an existing user."""
-    if method == "POST":
-        return "/users"
-    return f"/users/{create_user(client, email='existing@example.com')['id']}"
 
 
 def send_bytes(
@@ -114,7 +102,7 @@ def test_json_body_is_accepted_with_or_without_charset(
     "content_type", ["application/merge-patch+json", "application/merge-patch+json; charset=utf-8"]
 )
 def test_patch_accepts_merge_patch_json(client: TestClient, content_type: str) -> None:
-    user = create_user(client)
+    user = create_ada(client)
     response = send_bytes(client, "PATCH", f"/users/{user['id']}", b'{"age": 37}', content_type)
     assert response.status_code == 200, response.text
     assert response.json()["age"] == 37
@@ -166,7 +154,7 @@ def test_body_that_is_not_one_json_object_is_refused(
 
 
 def test_empty_merge_patch_body_is_refused(client: TestClient) -> None:
-    user = create_user(client)
+    user = create_ada(client)
     response = send_bytes(
         client, "PATCH", f"/users/{user['id']}", b"", "application/merge-patch+json"
     )
@@ -218,7 +206,7 @@ def test_unknown_route_is_not_found(client: TestClient, method: str, path: str) 
     ],
 )
 def test_wrong_method_is_method_not_allowed(client: TestClient, method: str, path: str) -> None:
-    user = create_user(client)
+    user = create_ada(client)
     response = client.request(method, path.format(id=user["id"]))
     assert_problem(response, 405, "method_not_allowed")
     assert method not in response.headers["allow"]
@@ -265,7 +253,7 @@ def test_malformed_user_id_is_refused(client: TestClient, method: str, user_id: 
 
 
 def test_existing_user_is_found_by_its_id_in_upper_case(client: TestClient) -> None:
-    user = create_user(client)
+    user = create_ada(client)
     response = client.get(f"/users/{user['id'].upper()}")
     assert response.status_code == 200, response.text
     assert response.json() == user
@@ -275,7 +263,7 @@ def test_existing_user_is_found_by_its_id_in_upper_case(client: TestClient) -> N
 def test_existing_user_is_written_by_its_id_in_upper_case(
     client: TestClient, method: str, status: int
 ) -> None:
-    user = create_user(client)
+    user = create_ada(client)
     body = None if method == "DELETE" else {**VALID, "age": 37}
     response = client.request(method, f"/users/{user['id'].upper()}", json=body)
     assert response.status_code == status, response.text
@@ -343,14 +331,14 @@ Send = Callable[[TestClient], httpx.Response]
 
 
 def duplicate_email(client: TestClient) -> httpx.Response:
-    create_user(client)
+    create_ada(client)
     response: httpx.Response = client.post("/users", json={**VALID, "email": "ADA@example.com"})
     return response
 
 
 def duplicate_email_by_patch(client: TestClient) -> httpx.Response:
-    create_user(client)
-    other = create_user(client, email="grace@example.com")
+    create_ada(client)
+    other = create_ada(client, email="grace@example.com")
     response: httpx.Response = client.patch(
         f"/users/{other['id']}", json={"email": "ada@example.com"}
     )

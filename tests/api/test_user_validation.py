@@ -9,22 +9,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-VALID = {"name": "Ada Lovelace", "email": "ada@example.com", "age": 36}
+from tests.helpers import ADA, create_ada, write_path
+
+VALID = ADA
 WRITE_METHODS = ["POST", "PUT", "PATCH"]
-
-
-def create_user(client: TestClient, **fields: Any) -> dict[str, Any]:
-    response = client.post("/users", json={**VALID, **fields})
-    assert response.status_code == 201, response.text
-    user: dict[str, Any] = response.json()
-    return user
-
-
-def write_path(client: TestClient, method: str) -> str:
-    """Where `method` writes a user: the collection, or an existing user."""
-    if method == "POST":
-        return "/users"
-    return f"/users/{create_user(client, email='existing@example.com')['id']}"
 
 
 def send_text(client: TestClient, method: str, path: str, text: str) -> httpx.Response:
@@ -66,7 +54,7 @@ def stored(client: TestClient, user: dict[str, Any]) -> dict[str, Any]:
     ],
 )
 def test_name_surrounding_whitespace_is_trimmed(client: TestClient, sent: str, kept: str) -> None:
-    user = create_user(client, name=sent)
+    user = create_ada(client, name=sent)
     assert user["name"] == kept
     assert stored(client, user)["name"] == kept
 
@@ -82,13 +70,13 @@ def test_name_surrounding_whitespace_is_trimmed(client: TestClient, sent: str, k
     ids=["ascii", "emoji", "combining-marks", "accented"],
 )
 def test_name_of_200_code_points_is_accepted(client: TestClient, name: str) -> None:
-    user = create_user(client, name=name)
+    user = create_ada(client, name=name)
     assert user["name"] == name
     assert stored(client, user)["name"] == name
 
 
 def test_name_of_200_code_points_padded_with_whitespace_is_accepted(client: TestClient) -> None:
-    user = create_user(client, name="   " + "x" * 200 + "\t ")
+    user = create_ada(client, name="   " + "x" * 200 + "\t ")
     assert user["name"] == "x" * 200
 
 
@@ -165,7 +153,7 @@ def test_surrogate_pair_escape_is_the_character_it_encodes(client: TestClient) -
 def test_name_with_non_bmp_or_accented_characters_round_trips_exactly(
     client: TestClient, name: str
 ) -> None:
-    user = create_user(client, name=name)
+    user = create_ada(client, name=name)
     assert user["name"] == name
     assert stored(client, user)["name"] == name
     listed = client.get("/users").json()["items"]
@@ -192,7 +180,7 @@ def test_name_and_email_must_be_json_strings(
     ],
 )
 def test_email_is_normalized_then_lower_cased(client: TestClient, sent: str, kept: str) -> None:
-    user = create_user(client, email=sent)
+    user = create_ada(client, email=sent)
     assert user["email"] == kept
     assert stored(client, user)["email"] == kept
 
@@ -209,7 +197,7 @@ def test_email_is_normalized_then_lower_cased(client: TestClient, sent: str, kep
 def test_second_user_with_an_equal_email_is_a_conflict(
     client: TestClient, first: str, second: str
 ) -> None:
-    create_user(client, email=first)
+    create_ada(client, email=first)
     response = client.post("/users", json={**VALID, "name": "Other", "email": second})
     assert response.status_code == 409, response.text
     assert response.json()["code"] == "email_taken"
@@ -220,8 +208,8 @@ def test_second_user_with_an_equal_email_is_a_conflict(
 def test_changing_email_to_another_users_email_in_other_case_is_a_conflict(
     client: TestClient, method: str
 ) -> None:
-    create_user(client, email="ada@example.com")
-    other = create_user(client, email="grace@example.com")
+    create_ada(client, email="ada@example.com")
+    other = create_ada(client, email="grace@example.com")
     response = client.request(
         method, f"/users/{other['id']}", json={**VALID, "email": "ADA@Example.Com"}
     )
@@ -268,7 +256,7 @@ def email_of_length(length: int) -> str:
 
 def test_email_of_254_characters_is_accepted_and_stored_lower_cased(client: TestClient) -> None:
     email = email_of_length(254)
-    user = create_user(client, email=email)
+    user = create_ada(client, email=email)
     assert user["email"] == email.lower()
     assert stored(client, user)["email"] == email.lower()
 
@@ -303,7 +291,7 @@ def test_email_with_control_character_is_refused(
 
 @pytest.mark.parametrize("age", [0, 1, 36, 150])
 def test_age_from_0_to_150_is_accepted(client: TestClient, age: int) -> None:
-    user = create_user(client, age=age)
+    user = create_ada(client, age=age)
     assert user["age"] == age
     assert stored(client, user)["age"] == age
 
@@ -357,7 +345,7 @@ def test_unknown_field_is_refused(client: TestClient, method: str, field: str, v
 
 
 def test_misspelled_field_alone_is_refused_by_patch(client: TestClient) -> None:
-    user = create_user(client)
+    user = create_ada(client)
     response = client.patch(f"/users/{user['id']}", json={"emial": "grace@example.com"})
     assert_invalid(response, ["body", "emial"])
     assert stored(client, user)["email"] == "ada@example.com"
@@ -365,7 +353,7 @@ def test_misspelled_field_alone_is_refused_by_patch(client: TestClient) -> None:
 
 @pytest.mark.parametrize("missing", ["name", "email", "age"])
 def test_put_requires_every_field(client: TestClient, missing: str) -> None:
-    user = create_user(client)
+    user = create_ada(client)
     body = {key: value for key, value in VALID.items() if key != missing}
     response = client.put(f"/users/{user['id']}", json=body)
     assert_invalid(response, ["body", missing])
@@ -380,7 +368,7 @@ def test_post_requires_every_field(client: TestClient, missing: str) -> None:
 
 
 def test_patch_does_not_require_every_field(client: TestClient) -> None:
-    user = create_user(client)
+    user = create_ada(client)
     response = client.patch(f"/users/{user['id']}", json={"age": 37})
     assert response.status_code == 200, response.text
     updated = response.json()
@@ -393,7 +381,7 @@ def test_patch_does_not_require_every_field(client: TestClient) -> None:
 
 @pytest.mark.parametrize("field", ["name", "email", "age"])
 def test_patch_with_null_for_a_field_is_refused(client: TestClient, field: str) -> None:
-    user = create_user(client)
+    user = create_ada(client)
     response = client.patch(f"/users/{user['id']}", json={field: None})
     assert_invalid(response, ["body", field])
     assert stored(client, user) == user
@@ -401,7 +389,7 @@ def test_patch_with_null_for_a_field_is_refused(client: TestClient, field: str) 
 
 @pytest.mark.parametrize("field", ["name", "email", "age"])
 def test_patch_validates_a_field_by_the_same_rules(client: TestClient, field: str) -> None:
-    user = create_user(client)
+    user = create_ada(client)
     invalid = {"name": " \t ", "email": "Ada <ada@example.com>", "age": 151}[field]
     response = client.patch(f"/users/{user['id']}", json={field: invalid})
     assert_invalid(response, ["body", field])
