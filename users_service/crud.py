@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Row, Select, delete, func, insert, select,
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from users_service.db import is_unique_violation, write_transaction
+from users_service.db import is_unique_violation, read_transaction, write_transaction
 from users_service.errors import email_taken, user_not_found, version_mismatch
 from users_service.models import User, UserFields, UserListQuery
 from users_service.pagination import SortOrder, as_utc
@@ -122,7 +122,8 @@ def create_users(*, session: Session, data: Sequence[UserFields]) -> list[UserRe
 
 
 def get_user(*, session: Session, user_id: uuid.UUID) -> UserRecord:
-    row = session.execute(select(users).where(users.c.id == user_id)).first()
+    with read_transaction(session):
+        row = session.execute(select(users).where(users.c.id == user_id)).first()
     if row is None:
         raise user_not_found()
     return to_record(row)
@@ -220,8 +221,9 @@ def list_users(
     match the filters.
     """
     dialect = session.get_bind().dialect.name
-    rows = list(session.execute(page_statement(query, order, after, dialect=dialect)))
     total = None
-    if query.include_total:
-        total = session.execute(count_statement(query)).scalar_one()
+    with read_transaction(session):
+        rows = list(session.execute(page_statement(query, order, after, dialect=dialect)))
+        if query.include_total:
+            total = session.execute(count_statement(query)).scalar_one()
     return rows[: query.limit], len(rows) > query.limit, total

@@ -16,6 +16,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 import anyio.to_thread
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -57,7 +58,8 @@ def create_db_engine(settings: Settings) -> Engine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
-        pool_pre_ping=True,
+        # A file needs no liveness check; a server connection may have died.
+        pool_pre_ping=backend != "sqlite",
         pool_recycle=3600,
         connect_args=connect_args,
     )
@@ -84,10 +86,11 @@ def _configure_sqlite(engine: Engine, settings: Settings) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
+        # Writers take the write lock up front. Readers open no transaction:
+        # each SELECT is atomic on its own in autocommit mode, and skipping
+        # BEGIN/ROLLBACK halves the cost of a read.
         if connection.get_execution_options().get(WRITE_OPTION):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            connection.exec_driver_sql("BEGIN")
 
 
 def configure_threadpool(settings: Settings) -> None:
@@ -100,6 +103,36 @@ def configure_threadpool(settings: Settings) -> None:
 def read_session(engine: Engine) -> Iterator[Session]:
     with Session(engine, expire_on_commit=False) as session:
         yield session
+
+
+# Closes sessions that a request left holding a connection. A limiter of its
+# own: the request threads' tokens may all be taken by requests waiting for
+# a connection, which only this cleanup can give back.
+_CLEANUP_LIMITER = anyio.CapacityLimiter(4)
+
+
+async def close_session(session: Session) -> None:
+    """Close without blocking the event loop on I/O.
+
+    Routes end their transactions in their own thread (read_transaction,
+    write_transaction), which returns the connection to the pool there;
+    then closing is pure Python. Otherwise the close, and the connection's
+    reset, run on a thread.
+    """
+    if session.in_transaction():
+        await anyio.to_thread.run_sync(session.close, limiter=_CLEANUP_LIMITER)
+    else:
+        session.close()
+
+
+@contextmanager
+def read_transaction(session: Session) -> Iterator[None]:
+    """Run the block's reads in one transaction, ended (and its connection
+    returned to the pool) when the block ends."""
+    try:
+        yield
+    finally:
+        session.rollback()
 
 
 @contextmanager

@@ -7,14 +7,14 @@ dependency in the thread pool, a thread hop per dependency per request.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request, Response
 from sqlmodel import Session
 
 from users_service import idempotency
-from users_service.db import read_session
+from users_service.db import close_session
 from users_service.pagination import CursorCodec
 from users_service.preconditions import (
     VersionCondition,
@@ -26,9 +26,13 @@ from users_service.settings import Settings
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with read_session(request.app.state.engine) as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session per request; no connection until the route uses it."""
+    session = Session(request.app.state.engine, expire_on_commit=False)
+    try:
         yield session
+    finally:
+        await close_session(session)
 
 
 class IdempotentAnswer:
