@@ -1,10 +1,11 @@
 """Every error the service answers, as RFC 9457 problem details.
 
-Route code raises `Problem` (or one of its named subclasses); FastAPI's own
-errors (unknown route, wrong method, invalid request) and database
-outages are turned into the same shape by the handlers installed by
-`install_error_handlers`. Nothing here ever copies an exception's text,
-SQL or a driver's message into an answer.
+Code raises a `Problem` (made by the named constructors below, or by
+auth.py and idempotency.py for their cases); FastAPI's own errors (unknown
+route, wrong method, invalid request) and database outages are turned into
+the same shape by `error_response`, which the handlers installed by
+`install_error_handlers` and the idempotent route both use. Nothing here
+ever copies an exception's text, SQL or a driver's message into an answer.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class ProblemDetails(BaseModel):
     code: str = Field(description="Stable, machine-readable name of the case.")
     request_id: str
     errors: list[ErrorDetail] | None = Field(
-        default=None, description="Present on 422: one entry per failing input."
+        default=None,
+        description="Where the request went wrong, one entry per input "
+        "(422, and 409 for a taken email).",
     )
 
 
