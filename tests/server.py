@@ -14,25 +14,12 @@ from pathlib import Path
 
 import httpx
 
+from users_service.settings import Settings
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVE_COMMAND = [sys.executable, "-m", "users_service", "serve"]
-SETTINGS_VARIABLES = (
-    "DATABASE_URL",
-    "ENVIRONMENT",
-    "LOG_LEVEL",
-    "HOST",
-    "PORT",
-    "CURSOR_SECRET",
-    "DB_POOL_SIZE",
-    "DB_MAX_OVERFLOW",
-    "DB_POOL_TIMEOUT_SECONDS",
-    "DB_CONNECT_TIMEOUT_SECONDS",
-    "SQLITE_SYNCHRONOUS",
-    "SQLITE_BUSY_TIMEOUT_MS",
-    "API_KEYS",
-    "API_READ_KEYS",
-    "MAX_BODY_BYTES",
-)
+# Every setting the service reads: a test server starts from none of them.
+SETTINGS_VARIABLES = frozenset(name.upper() for name in Settings.model_fields)
 
 
 def free_port() -> int:
