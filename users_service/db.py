@@ -200,14 +200,14 @@ def alembic_config(database_url: str | None = None) -> Config:
     return config
 
 
+def migration_revisions() -> tuple[set[str], set[str]]:
+    """(the newest revisions, every revision) of the migrations on disk."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return set(script.get_heads()), {rev.revision for rev in script.walk_revisions()}
+
+
 def head_revisions() -> set[str]:
-    script = ScriptDirectory.from_config(alembic_config())
-    return set(script.get_heads())
-
-
-def known_revisions() -> set[str]:
-    script = ScriptDirectory.from_config(alembic_config())
-    return {rev.revision for rev in script.walk_revisions()}
+    return migration_revisions()[0]
 
 
 def schema_state(connection: Connection, *, heads: set[str], known: set[str]) -> SchemaState:

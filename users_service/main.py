@@ -15,8 +15,7 @@ from users_service.auth import ApiKeyMiddleware
 from users_service.db import (
     configure_threadpool,
     create_db_engine,
-    head_revisions,
-    known_revisions,
+    migration_revisions,
 )
 from users_service.errors import install_error_handlers
 from users_service.idempotency import sweep_expired_idempotency_keys
@@ -57,8 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.cursor_codec = CursorCodec(settings.cursor_secret.get_secret_value())
-    app.state.schema_heads = head_revisions()
-    app.state.schema_revisions = known_revisions()
+    app.state.schema_heads, app.state.schema_revisions = migration_revisions()
 
     install_error_handlers(app)
     # Outermost last: request ids, then API keys, then the body limit.
