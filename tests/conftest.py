@@ -9,7 +9,6 @@ app per database for the whole session; each test starts from an empty
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -58,8 +57,3 @@ def client(session_client: TestClient, app: FastAPI) -> TestClient:
     with app.state.engine.begin() as connection:
         connection.execute(delete(User.__table__))  # type: ignore[attr-defined]
     return session_client
-
-
-@pytest.fixture
-def tmp_dir(tmp_path: Path) -> Path:
-    return tmp_path

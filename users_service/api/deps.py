@@ -1,4 +1,4 @@
-"""What routes depend on, as type aliases: `SessionDep`, `SettingsDep`, ...
+"""What routes depend on, as type aliases: `SessionDep`, `UserIdDep`, ...
 
 Dependencies that do no I/O are `async def`: FastAPI runs a plain `def`
 dependency in the thread pool, a thread hop per dependency per request.
@@ -21,7 +21,6 @@ from users_service.preconditions import (
     if_match_condition,
     if_none_match_condition,
 )
-from users_service.settings import Settings
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
@@ -65,11 +64,6 @@ async def get_idempotent_answer(
     return IdempotentAnswer(getattr(request.state, "idempotency_claim", None))
 
 
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 async def get_cursor_codec(request: Request) -> CursorCodec:
     codec: CursorCodec = request.app.state.cursor_codec
     return codec
@@ -110,7 +104,6 @@ async def if_none_match(
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 CursorCodecDep = Annotated[CursorCodec, Depends(get_cursor_codec)]
 UserIdDep = Annotated[uuid.UUID, Depends(user_id_from_path)]
 IfMatchDep = Annotated[VersionCondition | None, Depends(if_match)]
