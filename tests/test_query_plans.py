@@ -17,7 +17,8 @@ import pytest
 from sqlalchemy import Engine, Select, func, select, text
 
 from tests.databases import create_fresh_database, migrate
-from users_service.crud import count_statement, page_statement
+from users_service.crud import count_statement, filter_values, page_values
+from users_service.crud import page_statement as crud_page_statement
 from users_service.db import create_db_engine
 from users_service.models import User, UserListQuery
 from users_service.pagination import SORT_VALUES, SortOrder
@@ -102,7 +103,20 @@ def deep_key(engine: Engine, order: SortOrder) -> tuple[Any, uuid.UUID]:
         row = connection.execute(
             select(users).order_by(*order.order_by()).offset(DEEP).limit(1)
         ).one()
-    return order.key_of(row)
+    return getattr(row, order.field), row.id
+
+
+def page_statement(
+    query: UserListQuery,
+    order: SortOrder,
+    after: tuple[Any, uuid.UUID] | None,
+    *,
+    dialect: str,
+) -> Select[Any]:
+    """The API's statement for this page, with its values in it."""
+    filters = tuple(filter_values(query))
+    statement = crud_page_statement(filters, order, after=after is not None, dialect=dialect)
+    return statement.params(page_values(query, after))
 
 
 @pytest.mark.parametrize("sort", SORT_VALUES)
@@ -152,9 +166,9 @@ def test_name_substring_can_be_served_by_the_trigram_index_on_postgresql(engine)
         # On a table this small a full scan is cheaper; forbid it to see
         # whether the index can serve the substring at all.
         connection.exec_driver_sql("SET enable_seqscan = off")
-        sql = count_statement(UserListQuery(name="zqxj")).compile(
-            dialect=engine.dialect, compile_kwargs={"literal_binds": True}
-        )
+        query = UserListQuery(name="zqxj")
+        statement = count_statement(tuple(filter_values(query))).params(filter_values(query))
+        sql = statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
         plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}").scalar_one()
     index_names = {node.get("Index Name") for node in _postgresql_nodes(plan[0]["Plan"])}
     assert "ix_users_name_trgm" in index_names, json.dumps(plan, indent=1)

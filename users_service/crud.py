@@ -1,84 +1,265 @@
-"""The database work on users, as plain functions of a session.
+"""The database work on users, as plain async functions of a connection.
 
-Statements are SQLAlchemy Core built from the `User` table: rows come back
-as tuples and are turned into the API's JSON shape once, without loading
-ORM objects. Uniqueness of emails is left to the database's unique index;
-its refusal is turned into 409 `email_taken` (no check-then-insert).
+Statements are SQLAlchemy Core built from the `User` table and compiled
+once per database (database.compiled). Reads select the user as the API's
+JSON object, rendered by the database itself (`user_json`): a page of 50
+users is 50 strings to join, not 350 values to convert in Python. Writes
+know the values they wrote and render them here (`to_record`), the same way.
+
+Uniqueness of emails is left to the database's unique index; its refusal
+is turned into 409 `email_taken` (no check-then-insert).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+import orjson
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    text,
+    update,
+)
 
-from users_service.db import is_unique_violation, read_transaction, write_transaction
+from users_service.database import Connection, UniqueViolation, compiled
 from users_service.errors import email_taken, user_not_found, version_mismatch
 from users_service.models import User, UserFields, UserListQuery
-from users_service.pagination import SortOrder, as_utc
+from users_service.pagination import SortOrder
 from users_service.preconditions import VersionCondition
 
 users = User.__table__  # type: ignore[attr-defined]
 
 UserRecord = dict[str, Any]
 EDITABLE_FIELDS = ("name", "email", "age")
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def to_record(row: Row[Any] | Mapping[str, Any]) -> UserRecord:
-    """A user as the API returns it (JSON-ready)."""
-    data = row._mapping if isinstance(row, Row) else row
+def to_record(user_id: uuid.UUID | str, values: Mapping[str, Any]) -> UserRecord:
+    """A user as the API returns it, from the values this process wrote."""
     return {
-        "id": str(data["id"]),
-        "name": data["name"],
-        "email": data["email"],
-        "age": data["age"],
-        "created_at": _timestamp(data["created_at"]),
-        "updated_at": _timestamp(data["updated_at"]),
-        "version": data["version"],
+        "id": str(user_id),
+        "name": values["name"],
+        "email": values["email"],
+        "age": values["age"],
+        "created_at": values["created_at"].strftime(TIMESTAMP_FORMAT),
+        "updated_at": values["updated_at"].strftime(TIMESTAMP_FORMAT),
+        "version": values["version"],
     }
 
 
-def _timestamp(value: datetime) -> str:
-    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+# --------------------------------------------------------------------------
+# The user as JSON, rendered by the database: the same text as to_record.
 
 
-@contextmanager
-def _email_must_be_free(session: Session) -> Iterator[None]:
-    """Turn the unique index's refusal (at write or at commit) into 409."""
-    try:
-        yield
-    except IntegrityError as error:
-        session.rollback()
-        if is_unique_violation(error):
-            raise email_taken() from None
-        raise
+def _id_text(dialect: str) -> ColumnElement[str]:
+    if dialect == "postgresql":
+        return cast(users.c.id, Text)
+    # SQLite and MariaDB keep 32 hex digits: put the dashes in.
+    hex_id = users.c.id
+    parts = [func.substr(hex_id, start, length) for start, length in _UUID_GROUPS]
+    joined: ColumnElement[str] = parts[0]
+    for part in parts[1:]:
+        joined = joined.concat("-").concat(part)
+    return joined
 
 
-def create_user(*, session: Session, data: UserFields) -> UserRecord:
+_UUID_GROUPS = ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))
+
+
+def _timestamp_text(column: Any, dialect: str) -> ColumnElement[str]:
+    if dialect == "postgresql":
+        return func.to_char(
+            func.timezone(literal_column("'UTC'"), column),
+            literal_column("""'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""),
+        )
+    if dialect == "sqlite":  # stored as text: 'YYYY-MM-DD HH:MM:SS.ffffff'
+        return func.replace(column, literal_column("' '"), literal_column("'T'")).concat("Z")
+    return func.date_format(column, "%Y-%m-%dT%H:%i:%s.%fZ")
+
+
+def user_json(dialect: str) -> ColumnElement[str]:
+    """The user as the API's JSON object (text), in the database's own functions."""
+    build = func.json_build_object if dialect == "postgresql" else func.json_object
+    fields = {
+        "id": _id_text(dialect),
+        "name": users.c.name,
+        "email": users.c.email,
+        "age": users.c.age,
+        "created_at": _timestamp_text(users.c.created_at, dialect),
+        "updated_at": _timestamp_text(users.c.updated_at, dialect),
+        "version": users.c.version,
+    }
+    arguments: list[Any] = []
+    for name, value in fields.items():
+        arguments += [literal_column(f"'{name}'"), value]
+    return cast(build(*arguments), Text)
+
+
+@dataclass(frozen=True)
+class UserJSON:
+    """A user as the database rendered it: the JSON text and its version."""
+
+    json: str
+    version: int
+
+
+# --------------------------------------------------------------------------
+# Single users
+
+
+async def create_user(*, connection: Connection, data: UserFields) -> UserRecord:
+    user_id = uuid.uuid4()
     now = utcnow()
     values = {
-        "id": uuid.uuid4(),
+        "id": user_id,
         **data.model_dump(include=set(EDITABLE_FIELDS)),
         "created_at": now,
         "updated_at": now,
         "version": 1,
     }
-    with write_transaction(session), _email_must_be_free(session):
-        session.execute(insert(users).values(values))
-    return to_record(values)
+    statement = compiled(connection, "insert_user", lambda: insert(users))
+    try:
+        await connection.run(statement, values)
+    except UniqueViolation:
+        raise email_taken() from None
+    return to_record(user_id, values)
 
 
-def create_users(*, session: Session, data: Sequence[UserFields]) -> list[UserRecord]:
+def _user_by_id(dialect: str, *, for_update: bool) -> Select[Any]:
+    statement = select(user_json(dialect), users.c.version).where(
+        users.c.id == bindparam("user_id")
+    )
+    return statement.with_for_update() if for_update else statement
+
+
+async def get_user(*, connection: Connection, user_id: uuid.UUID) -> UserJSON:
+    dialect = connection.dialect.name
+    statement = compiled(connection, "get_user", lambda: _user_by_id(dialect, for_update=False))
+    row = await connection.one(statement, {"user_id": user_id})
+    if row is None:
+        raise user_not_found()
+    return UserJSON(row[0], row[1])
+
+
+def _update_statement(fields: tuple[str, ...]) -> Any:
+    return (
+        update(users)
+        .where(users.c.id == bindparam("user_id"))
+        .values({field: bindparam(f"new_{field}") for field in fields})
+    )
+
+
+async def update_user(
+    *,
+    connection: Connection,
+    user_id: uuid.UUID,
+    changes: Mapping[str, Any],
+    expected: VersionCondition | None,
+) -> UserRecord:
+    """Apply `changes`; a change that changes nothing keeps the version.
+
+    The row is locked while it is compared (SQLite: the write transaction
+    holds the database's write lock), so concurrent writers and the
+    If-Match check cannot interleave.
+    """
+    dialect = connection.dialect.name
+    statement = compiled(
+        connection, "get_user_for_update", lambda: _user_by_id(dialect, for_update=True)
+    )
+    row = await connection.one(statement, {"user_id": user_id})
+    if row is None:
+        raise user_not_found()
+    if expected is not None and not expected.matches(row[1]):
+        raise version_mismatch()
+    user: UserRecord = orjson.loads(row[0])
+    changed = {field: value for field, value in changes.items() if user[field] != value}
+    if not changed:
+        return user
+    now = utcnow()
+    values = {**changed, "updated_at": now, "version": user["version"] + 1}
+    fields = tuple(sorted(values))
+    statement = compiled(connection, ("update_user", fields), lambda: _update_statement(fields))
+    try:
+        await connection.run(
+            statement,
+            {"user_id": user_id, **{f"new_{key}": value for key, value in values.items()}},
+        )
+    except UniqueViolation:
+        raise email_taken() from None
+    return {
+        **user,
+        **changed,
+        "updated_at": now.strftime(TIMESTAMP_FORMAT),
+        "version": values["version"],
+    }
+
+
+async def delete_user(
+    *, connection: Connection, user_id: uuid.UUID, expected: VersionCondition | None
+) -> None:
+    if expected is not None and not expected.matches_any:
+        statement = compiled(
+            connection,
+            "user_version_for_update",
+            lambda: (
+                select(users.c.version).where(users.c.id == bindparam("user_id")).with_for_update()
+            ),
+        )
+        row = await connection.one(statement, {"user_id": user_id})
+        if row is None:
+            raise user_not_found()
+        if not expected.matches(row[0]):
+            raise version_mismatch()
+    statement = compiled(
+        connection, "delete_user", lambda: delete(users).where(users.c.id == bindparam("user_id"))
+    )
+    if not await connection.run(statement, {"user_id": user_id}):
+        raise user_not_found()
+
+
+# --------------------------------------------------------------------------
+# Batches
+
+
+@asynccontextmanager
+async def _savepoint(connection: Connection, name: str) -> AsyncIterator[None]:
+    """Undo only the block when it raises, leaving the transaction usable."""
+    await connection.run(
+        compiled(connection, ("savepoint", name), lambda: text(f"SAVEPOINT {name}"))
+    )
+    try:
+        yield
+    except BaseException:
+        rollback = compiled(
+            connection, ("rollback_to", name), lambda: text(f"ROLLBACK TO SAVEPOINT {name}")
+        )
+        await connection.run(rollback)
+        raise
+    release = compiled(connection, ("release", name), lambda: text(f"RELEASE SAVEPOINT {name}"))
+    await connection.run(release)
+
+
+async def create_users(*, connection: Connection, data: Sequence[UserFields]) -> list[UserRecord]:
     """Create every user or none, in the order given.
 
     The same email twice in `data` is refused before the database is asked
@@ -102,128 +283,121 @@ def create_users(*, session: Session, data: Sequence[UserFields]) -> list[UserRe
         }
         for index, item in enumerate(data)
     ]
-    with write_transaction(session):
-        try:
-            session.execute(insert(users), rows)
-        except IntegrityError as error:
-            if not is_unique_violation(error):
-                raise
-            session.rollback()
-            taken = set(
-                session.execute(
-                    select(users.c.email).where(users.c.email.in_(list(first_seen)))
-                ).scalars()
-            )
-            collided = next((i for i, row in enumerate(rows) if row["email"] in taken), None)
-            raise email_taken(
-                loc=("body", "users") if collided is None else ("body", "users", collided, "email")
-            ) from None
-    return [to_record(row) for row in rows]
+    statement = compiled(connection, "insert_user", lambda: insert(users))
+    try:
+        async with _savepoint(connection, "batch_insert"):
+            await connection.run_many(statement, rows)
+    except UniqueViolation:
+        collided = await _first_taken(connection=connection, emails=[row["email"] for row in rows])
+        raise email_taken(
+            loc=("body", "users") if collided is None else ("body", "users", collided, "email")
+        ) from None
+    return [to_record(row["id"], row) for row in rows]
 
 
-def get_user(*, session: Session, user_id: uuid.UUID) -> UserRecord:
-    with read_transaction(session):
-        row = session.execute(select(users).where(users.c.id == user_id)).first()
-    if row is None:
-        raise user_not_found()
-    return to_record(row)
+async def _first_taken(*, connection: Connection, emails: Sequence[str]) -> int | None:
+    """The index of the first email another user has (after a batch collided)."""
+    statement = compiled(
+        connection,
+        "email_taken",
+        lambda: select(users.c.id).where(users.c.email == bindparam("email")),
+    )
+    for index, email in enumerate(emails):
+        if await connection.one(statement, {"email": email}) is not None:
+            return index
+    return None
 
 
-def update_user(
-    *,
-    session: Session,
-    user_id: uuid.UUID,
-    changes: Mapping[str, Any],
-    expected: VersionCondition | None,
-) -> UserRecord:
-    """Apply `changes`; a change that changes nothing keeps the version.
+# --------------------------------------------------------------------------
+# Listing
 
-    The row is locked while it is compared, so concurrent writers and the
-    If-Match check cannot interleave.
-    """
-    with write_transaction(session):
-        row = session.execute(select(users).where(users.c.id == user_id).with_for_update()).first()
-        if row is None:
-            raise user_not_found()
-        if expected is not None and not expected.matches(row.version):
-            raise version_mismatch()
-        changed = {field: value for field, value in changes.items() if getattr(row, field) != value}
-        if not changed:
-            return to_record(row)
-        values = {**changed, "updated_at": utcnow(), "version": row.version + 1}
-        with _email_must_be_free(session):
-            session.execute(update(users).where(users.c.id == user_id).values(values))
-    return to_record({**row._mapping, **values})
+# The filters of UserListQuery, each with the condition it adds.
+_FILTERS: dict[str, Any] = {
+    "email": lambda: users.c.email == bindparam("email"),
+    "name": lambda: func.lower(users.c.name).like(bindparam("name", type_=String), escape="\\"),
+    "min_age": lambda: users.c.age >= bindparam("min_age"),
+    "max_age": lambda: users.c.age <= bindparam("max_age"),
+    "created_after": lambda: users.c.created_at > bindparam("created_after"),
+    "created_before": lambda: users.c.created_at < bindparam("created_before"),
+}
 
 
-def delete_user(*, session: Session, user_id: uuid.UUID, expected: VersionCondition | None) -> None:
-    condition = users.c.id == user_id
-    with write_transaction(session):
-        if expected is not None and not expected.matches_any:
-            row = session.execute(
-                select(users.c.version).where(condition).with_for_update()
-            ).first()
-            if row is None:
-                raise user_not_found()
-            if not expected.matches(row.version):
-                raise version_mismatch()
-        deleted = session.execute(delete(users).where(condition)).rowcount  # type: ignore[attr-defined]
-    if not deleted:
-        raise user_not_found()
+def _like_pattern(name: str) -> str:
+    escaped = name.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
-def _filters(query: UserListQuery) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    if query.email is not None:
-        conditions.append(users.c.email == query.email)
-    if query.name is not None:
-        pattern = query.name.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        conditions.append(func.lower(users.c.name).like(f"%{pattern}%", escape="\\"))
-    if query.min_age is not None:
-        conditions.append(users.c.age >= query.min_age)
-    if query.max_age is not None:
-        conditions.append(users.c.age <= query.max_age)
-    if query.created_after is not None:
-        conditions.append(users.c.created_at > query.created_after)
-    if query.created_before is not None:
-        conditions.append(users.c.created_at < query.created_before)
-    return conditions
+def filter_values(query: UserListQuery) -> dict[str, Any]:
+    """The values of the filters the query uses, by bind name."""
+    values = {name: getattr(query, name) for name in _FILTERS if getattr(query, name) is not None}
+    if "name" in values:
+        values["name"] = _like_pattern(values["name"])
+    return values
+
+
+def page_values(query: UserListQuery, after: tuple[Any, uuid.UUID] | None) -> dict[str, Any]:
+    """The values of page_statement's parameters for this query."""
+    values = {**filter_values(query), "limit": query.limit + 1}
+    if after is not None:
+        values["after_value"], values["after_id"] = after
+    return values
+
+
+def _conditions(filters: Sequence[str]) -> list[ColumnElement[bool]]:
+    return [_FILTERS[name]() for name in filters]
 
 
 def page_statement(
-    query: UserListQuery,
-    order: SortOrder,
-    after: tuple[Any, uuid.UUID] | None,
-    *,
-    dialect: str,
+    filters: Sequence[str], order: SortOrder, *, after: bool, dialect: str
 ) -> Select[Any]:
-    """The SELECT for one page (one row more than asked, to see if more follow)."""
-    statement = select(users).where(*_filters(query))
-    if after is not None:
-        statement = statement.where(order.after(after, dialect))
-    return statement.order_by(*order.order_by()).limit(query.limit + 1)
+    """The SELECT for one page: the users as JSON, one more than `limit` (to
+    see whether more follow), from the key in `after_value`, `after_id`."""
+    statement = select(user_json(dialect)).where(*_conditions(filters))
+    if after:
+        key = (
+            bindparam("after_value", type_=users.c[order.field].type),
+            bindparam("after_id", type_=users.c.id.type),
+        )
+        statement = statement.where(order.after(key, dialect))
+    return statement.order_by(*order.order_by()).limit(bindparam("limit", type_=Integer))
 
 
-def count_statement(query: UserListQuery) -> Select[Any]:
-    return select(func.count()).select_from(users).where(*_filters(query))
+def may_scan(query: UserListQuery) -> bool:
+    """Whether the query may read many rows: a name substring, or a count."""
+    return query.name is not None or query.include_total
 
 
-def list_users(
+def count_statement(filters: Sequence[str]) -> Select[Any]:
+    return select(func.count()).select_from(users).where(*_conditions(filters))
+
+
+@dataclass
+class Page:
+    users: list[str]  # each user's JSON
+    more: bool
+    total: int | None
+
+
+async def list_users(
     *,
-    session: Session,
+    connection: Connection,
     query: UserListQuery,
     order: SortOrder,
     after: tuple[Any, uuid.UUID] | None,
-) -> tuple[list[Row[Any]], bool, int | None]:
-    """One page in `order`, starting after the key `after`.
-
-    Returns the rows, whether more follow, and (when asked) how many users
-    match the filters.
-    """
-    dialect = session.get_bind().dialect.name
+) -> Page:
+    """One page in `order`, starting after the key `after`, and (when asked)
+    how many users match the filters."""
+    dialect = connection.dialect.name
+    filters = tuple(filter_values(query))
+    page = compiled(
+        connection,
+        ("page", filters, str(order), after is not None),
+        lambda: page_statement(filters, order, after=after is not None, dialect=dialect),
+    )
+    rows = await connection.all(page, page_values(query, after))
     total = None
-    with read_transaction(session):
-        rows = list(session.execute(page_statement(query, order, after, dialect=dialect)))
-        if query.include_total:
-            total = session.execute(count_statement(query)).scalar_one()
-    return rows[: query.limit], len(rows) > query.limit, total
+    if query.include_total:
+        count = compiled(connection, ("count", filters), lambda: count_statement(filters))
+        row = await connection.one(count, filter_values(query))
+        total = row[0] if row else 0
+    return Page([row[0] for row in rows[: query.limit]], len(rows) > query.limit, total)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from users_service.database import DatabaseUnavailable
 from users_service.db import is_unavailable
 from users_service.jsonio import JSONResponse
 from users_service.request_context import current_request_id
@@ -181,7 +182,9 @@ def error_response(error: Exception) -> JSONResponse:
             )
         code, detail = _HTTP_CODES.get(error.status_code, ("http_error", _title(error.status_code)))
         return problem_response(Problem(error.status_code, code, detail, headers=error.headers))
-    if isinstance(error, sa_exc.SQLAlchemyError) and is_unavailable(error):
+    if isinstance(error, DatabaseUnavailable) or (
+        isinstance(error, sa_exc.SQLAlchemyError) and is_unavailable(error)
+    ):
         logger.warning("database unavailable: %s", type(error).__name__)
         return problem_response(service_unavailable())
     raise error
@@ -207,6 +210,7 @@ def install_error_handlers(app: FastAPI) -> None:
         StarletteHTTPException,
         RequestValidationError,
         sa_exc.SQLAlchemyError,
+        DatabaseUnavailable,
     ):
         app.add_exception_handler(error_class, _on_error)
 

@@ -25,13 +25,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy import bindparam, delete, insert, select, update
 from starlette.responses import Response
 
-from users_service.db import write_transaction
+from users_service.database import Connection, Database, UniqueViolation, compiled
 from users_service.errors import Problem
 from users_service.models import IdempotencyKey
 from users_service.pagination import as_utc
@@ -116,12 +113,9 @@ class Claim:
     key: str
     saved: bool = field(default=False)
 
-    def where(self) -> Any:
-        return (
-            (keys.c.caller == self.caller)
-            & (keys.c.endpoint == self.endpoint)
-            & (keys.c.key == self.key)
-        )
+    def where(self) -> dict[str, str]:
+        """The values that pick this key's row (see _key_condition)."""
+        return {"caller": self.caller, "endpoint": self.endpoint, "key": self.key}
 
 
 def _answer_of(response: Response) -> dict[str, Any]:
@@ -133,8 +127,16 @@ def _answer_of(response: Response) -> dict[str, Any]:
     }
 
 
-def claim(
-    *, session: Session, caller: str, endpoint: str, key: str, request_hash: str
+def _key_condition() -> Any:
+    return (
+        (keys.c.caller == bindparam("caller"))
+        & (keys.c.endpoint == bindparam("endpoint"))
+        & (keys.c.key == bindparam("key"))
+    )
+
+
+async def claim(
+    *, database: Database, caller: str, endpoint: str, key: str, request_hash: str
 ) -> Claim | StoredAnswer:
     """Claim the key for this request, or return the answer it already has.
 
@@ -143,91 +145,139 @@ def claim(
     """
     now = datetime.now(UTC)
     claimed = Claim(caller, endpoint, key)
+    values = {
+        **claimed.where(),
+        "request_hash": request_hash,
+        "created_at": now,
+        **{"status": None, "headers": None, "body": None},
+    }
     for _ in range(3):  # a row that vanishes between our insert and read: try again
-        with write_transaction(session):
-            try:
-                session.execute(
-                    insert(keys).values(
-                        caller=caller,
-                        endpoint=endpoint,
-                        key=key,
-                        request_hash=request_hash,
-                        created_at=now,
+        try:
+            async with database.transaction() as connection:
+                insert_key = compiled(connection, "claim_key", lambda: insert(keys))
+                await connection.run(insert_key, values)
+            return claimed
+        except UniqueViolation:
+            pass
+        async with database.transaction() as connection:
+            select_key = compiled(
+                connection,
+                "select_key",
+                lambda: (
+                    select(
+                        keys.c.created_at,
+                        keys.c.request_hash,
+                        keys.c.status,
+                        keys.c.headers,
+                        keys.c.body,
                     )
-                )
-                return claimed
-            except IntegrityError:
-                session.rollback()
-        with write_transaction(session):
-            row = session.execute(select(keys).where(claimed.where()).with_for_update()).first()
+                    .where(_key_condition())
+                    .with_for_update()
+                ),
+            )
+            row = await connection.one(select_key, claimed.where())
             if row is None:
                 continue
-            age = now - as_utc(row.created_at)
-            stale = age > TIME_TO_LIVE or (row.status is None and age > IN_FLIGHT_TIMEOUT)
+            created_at, stored_hash, status, headers, body = select_key.decode(row)
+            age = now - as_utc(created_at)
+            stale = age > TIME_TO_LIVE or (status is None and age > IN_FLIGHT_TIMEOUT)
             if stale:  # expired, or its request died: start afresh
-                session.execute(
-                    update(keys)
-                    .where(claimed.where())
-                    .values(
-                        request_hash=request_hash,
-                        created_at=now,
-                        status=None,
-                        headers=None,
-                        body=None,
-                    )
+                restart = compiled(
+                    connection,
+                    "restart_key",
+                    lambda: (
+                        update(keys)
+                        .where(_key_condition())
+                        .values(
+                            request_hash=bindparam("new_hash"),
+                            created_at=bindparam("new_created_at"),
+                            status=None,
+                            headers=None,
+                            body=None,
+                        )
+                    ),
+                )
+                await connection.run(
+                    restart, {**claimed.where(), "new_hash": request_hash, "new_created_at": now}
                 )
                 return claimed
-            if row.request_hash != request_hash:
+            if stored_hash != request_hash:
                 raise key_reused()
-            if row.status is None:
+            if status is None:
                 raise key_in_use()
-            return StoredAnswer(row.status, orjson.loads(row.headers), row.body)
+            return StoredAnswer(status, orjson.loads(headers), bytes(body))
     raise key_in_use()
 
 
-def save_answer(*, session: Session, claimed: Claim, response: Response) -> None:
+async def save_answer(*, connection: Connection, claimed: Claim, response: Response) -> None:
     """Store the answer in the caller's open transaction."""
-    session.execute(update(keys).where(claimed.where()).values(**_answer_of(response)))
+    statement = compiled(
+        connection,
+        "save_answer",
+        lambda: (
+            update(keys)
+            .where(_key_condition())
+            .values(
+                status=bindparam("new_status"),
+                headers=bindparam("new_headers"),
+                body=bindparam("new_body"),
+            )
+        ),
+    )
+    answer = _answer_of(response)
+    await connection.run(
+        statement,
+        {
+            **claimed.where(),
+            "new_status": answer["status"],
+            "new_headers": answer["headers"],
+            "new_body": answer["body"],
+        },
+    )
     claimed.saved = True
 
 
-def save_answer_now(*, session: Session, claimed: Claim, response: Response) -> None:
+async def save_answer_now(*, database: Database, claimed: Claim, response: Response) -> None:
     """Store the answer of a request whose write did not (a 4xx), on its own."""
-    with write_transaction(session):
-        save_answer(session=session, claimed=claimed, response=response)
+    async with database.transaction() as connection:
+        await save_answer(connection=connection, claimed=claimed, response=response)
 
 
-def release(*, session: Session, claimed: Claim) -> None:
+async def release(*, database: Database, claimed: Claim) -> None:
     """Forget a claim whose request failed with a 5xx, so a retry runs again."""
-    with write_transaction(session):
-        session.execute(delete(keys).where(claimed.where() & keys.c.status.is_(None)))
+    async with database.transaction() as connection:
+        statement = compiled(
+            connection,
+            "release_key",
+            lambda: delete(keys).where(_key_condition() & keys.c.status.is_(None)),
+        )
+        await connection.run(statement, claimed.where())
 
 
-def delete_expired(*, session: Session) -> int:
+async def delete_expired(*, database: Database) -> int:
     """Delete the keys older than TIME_TO_LIVE; returns how many.
 
     Run often (every minute) it deletes what expired since the last run:
     a short statement, on the created_at index.
     """
     cutoff = datetime.now(UTC) - TIME_TO_LIVE
-    with write_transaction(session):
-        deleted: int = session.execute(delete(keys).where(keys.c.created_at < cutoff)).rowcount  # type: ignore[attr-defined]
-    return deleted
+    async with database.transaction() as connection:
+        statement = compiled(
+            connection,
+            "delete_expired_keys",
+            lambda: delete(keys).where(keys.c.created_at < bindparam("cutoff")),
+        )
+        return await connection.run(statement, {"cutoff": cutoff})
 
 
 SWEEP_EVERY_SECONDS = 60.0
 
 
-async def sweep_expired_idempotency_keys(engine: Engine) -> None:
-    """Delete expired keys every minute, off the request path, until cancelled."""
+async def sweep_expired_idempotency_keys(database: Database) -> None:
+    """Delete expired keys every minute, until cancelled."""
     while True:
         await asyncio.sleep(SWEEP_EVERY_SECONDS)
         try:
-            await run_in_threadpool(_sweep_once, engine)
+            await delete_expired(database=database)
         except Exception:
             logger.warning("could not delete expired idempotency keys", exc_info=True)
-
-
-def _sweep_once(engine: Engine) -> None:
-    with Session(engine) as session:
-        delete_expired(session=session)

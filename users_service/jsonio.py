@@ -6,11 +6,19 @@ from typing import Any
 
 import orjson
 from starlette.responses import JSONResponse as StarletteJSONResponse
+from starlette.responses import Response
 
 
 class JSONResponse(StarletteJSONResponse):
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+def json_bytes_response(
+    body: bytes, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """An answer whose JSON is already rendered (by the database)."""
+    return Response(body, status_code=status_code, headers=headers, media_type="application/json")
 
 
 class BodyError(ValueError):

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from users_service import __version__
 from users_service.api import docs, health, users
 from users_service.auth import ApiKeyMiddleware
+from users_service.database import create_database
 from users_service.db import (
     configure_threadpool,
     create_db_engine,
@@ -34,13 +35,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     logging.basicConfig(level=settings.log_level.value)
     engine = create_db_engine(settings)
+    database = create_database(engine, settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         configure_threadpool(settings)
-        sweeper = asyncio.create_task(sweep_expired_idempotency_keys(engine))
+        await database.start()
+        sweeper = asyncio.create_task(sweep_expired_idempotency_keys(database))
         yield
         sweeper.cancel()
+        await database.close()
         engine.dispose()
 
     app = FastAPI(
@@ -55,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.database = database
     app.state.cursor_codec = CursorCodec(settings.cursor_secret.get_secret_value())
     app.state.schema_heads, app.state.schema_revisions = migration_revisions()
 

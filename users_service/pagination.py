@@ -63,7 +63,7 @@ class SortOrder:
             columns.append(users.c.id)
         return [column.desc() if self.descending else column.asc() for column in columns]
 
-    def after(self, key: tuple[Any, uuid.UUID], dialect: str) -> ColumnElement[bool]:
+    def after(self, key: tuple[Any, Any], dialect: str) -> ColumnElement[bool]:
         """Rows that come after `key` in this order (ties broken by id)."""
         column, id_column = users.c[self.field], users.c.id
         value, last_id = key
@@ -79,8 +79,9 @@ class SortOrder:
             return tuple_(column, id_column) < tuple_(value, last_id)
         return tuple_(column, id_column) > tuple_(value, last_id)
 
-    def key_of(self, row: Any) -> tuple[Any, uuid.UUID]:
-        return getattr(row, self.field), row.id
+    def key_of(self, user: dict[str, Any]) -> tuple[Any, uuid.UUID]:
+        """The sort key of a user as the API shows it (a dict of its JSON)."""
+        return user[self.field], uuid.UUID(user["id"])
 
 
 def _b64(data: bytes) -> str:

@@ -10,6 +10,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import httpx
@@ -17,7 +18,6 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, insert, select, update
-from sqlmodel import Session
 
 from tests.helpers import assert_problem, race, user_count
 from users_service.auth import ANONYMOUS
@@ -506,8 +506,8 @@ def test_delete_expired_removes_keys_older_than_24_hours_and_keeps_newer(
             select(func.count()).select_from(keys_table).where(keys_table.c.created_at < cutoff)
         ).scalar_one()
 
-    with Session(engine) as session:
-        deleted = delete_expired(session=session)
+    assert client.portal is not None
+    deleted = client.portal.call(partial(delete_expired, database=app.state.database))
 
     assert deleted == expired_before >= 2
     assert stored_rows(engine, keys["old"]) == []

@@ -1,4 +1,4 @@
-"""What routes depend on, as type aliases: `SessionDep`, `UserIdDep`, ...
+"""What routes depend on, as type aliases: `DatabaseDep`, `UserIdDep`, ...
 
 Dependencies that do no I/O are `async def`: FastAPI runs a plain `def`
 dependency in the thread pool, a thread hop per dependency per request.
@@ -7,14 +7,12 @@ dependency in the thread pool, a thread hop per dependency per request.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request, Response
-from sqlmodel import Session
 
 from users_service import idempotency
-from users_service.db import close_session
+from users_service.database import Connection, Database
 from users_service.pagination import CursorCodec
 from users_service.preconditions import (
     VersionCondition,
@@ -25,13 +23,9 @@ from users_service.preconditions import (
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
-async def get_session(request: Request) -> AsyncIterator[Session]:
-    """A session per request; no connection until the route uses it."""
-    session = Session(request.app.state.engine, expire_on_commit=False)
-    try:
-        yield session
-    finally:
-        await close_session(session)
+async def get_database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
 
 
 class IdempotentAnswer:
@@ -40,10 +34,12 @@ class IdempotentAnswer:
     def __init__(self, claim: idempotency.Claim | None) -> None:
         self.claim = claim
 
-    def save(self, response: Response, *, session: Session) -> None:
-        """Store `response` in the session's open write transaction (no key: nothing)."""
+    async def save(self, response: Response, *, connection: Connection) -> None:
+        """Store `response` in the connection's open write transaction (no key: nothing)."""
         if self.claim is not None:
-            idempotency.save_answer(session=session, claimed=self.claim, response=response)
+            await idempotency.save_answer(
+                connection=connection, claimed=self.claim, response=response
+            )
 
 
 async def get_idempotent_answer(
@@ -103,7 +99,7 @@ async def if_none_match(
     return if_none_match_condition(if_none_match)
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 CursorCodecDep = Annotated[CursorCodec, Depends(get_cursor_codec)]
 UserIdDep = Annotated[uuid.UUID, Depends(user_id_from_path)]
 IfMatchDep = Annotated[VersionCondition | None, Depends(if_match)]

@@ -18,11 +18,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 
 from users_service import idempotency
-from users_service.db import read_session
 from users_service.errors import error_response, unsupported_media_type, validation_failed
 from users_service.jsonio import BodyError, parse_json_object
 
@@ -77,20 +75,14 @@ async def handle_idempotently(
 ) -> Response:
     if not idempotency.KEY_PATTERN.fullmatch(key):
         raise idempotency.malformed_key()
-    engine = request.app.state.engine
-    request_hash = idempotency.fingerprint(await request.body())
-
-    def claim() -> idempotency.Claim | idempotency.StoredAnswer:
-        with read_session(engine) as session:
-            return idempotency.claim(
-                session=session,
-                caller=request.state.caller,
-                endpoint=endpoint,
-                key=key,
-                request_hash=request_hash,
-            )
-
-    outcome = await run_in_threadpool(claim)
+    database = request.app.state.database
+    outcome = await idempotency.claim(
+        database=database,
+        caller=request.state.caller,
+        endpoint=endpoint,
+        key=key,
+        request_hash=idempotency.fingerprint(await request.body()),
+    )
     if isinstance(outcome, idempotency.StoredAnswer):
         return outcome.response()
     request.state.idempotency_claim = outcome
@@ -100,20 +92,10 @@ async def handle_idempotently(
         try:
             response = error_response(error)
         except Exception:
-            await run_in_threadpool(_release, engine, outcome)
+            await idempotency.release(database=database, claimed=outcome)
             raise
     if response.status_code >= 500:
-        await run_in_threadpool(_release, engine, outcome)
+        await idempotency.release(database=database, claimed=outcome)
     elif not outcome.saved:
-        await run_in_threadpool(_save, engine, outcome, response)
+        await idempotency.save_answer_now(database=database, claimed=outcome, response=response)
     return response
-
-
-def _save(engine: Any, claimed: idempotency.Claim, response: Response) -> None:
-    with read_session(engine) as session:
-        idempotency.save_answer_now(session=session, claimed=claimed, response=response)
-
-
-def _release(engine: Any, claimed: idempotency.Claim) -> None:
-    with read_session(engine) as session:
-        idempotency.release(session=session, claimed=claimed)

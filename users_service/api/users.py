@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.security import HTTPBearer
 
 from users_service import crud
 from users_service.api.deps import (
     CursorCodecDep,
+    DatabaseDep,
     IdempotentAnswerDep,
     IfMatchDep,
     IfNoneMatchDep,
-    SessionDep,
     UserIdDep,
 )
 from users_service.api.routing import MERGE_PATCH_JSON, JSONBodyRoute
-from users_service.db import write_transaction
 from users_service.errors import problem_responses, validation_failed
-from users_service.jsonio import JSONResponse
+from users_service.jsonio import JSONResponse, json_bytes_response
 from users_service.models import (
     UserBatchCreate,
     UserBatchPublic,
@@ -78,11 +78,13 @@ def user_response(user: crud.UserRecord, status_code: int = 200, **headers: str)
         **problem_responses(401, 403, 409, 413, 415, 422, 503),
     },
 )
-def create_user(body: UserCreate, session: SessionDep, idempotent: IdempotentAnswerDep) -> Response:
-    with write_transaction(session):
-        user = crud.create_user(session=session, data=body)
+async def create_user(
+    body: UserCreate, database: DatabaseDep, idempotent: IdempotentAnswerDep
+) -> Response:
+    async with database.transaction() as connection:
+        user = await crud.create_user(connection=connection, data=body)
         response = user_response(user, status.HTTP_201_CREATED, Location=f"/users/{user['id']}")
-        idempotent.save(response, session=session)
+        await idempotent.save(response, connection=connection)
     return response
 
 
@@ -96,14 +98,14 @@ def create_user(body: UserCreate, session: SessionDep, idempotent: IdempotentAns
         **problem_responses(401, 403, 409, 413, 415, 422, 503),
     },
 )
-def create_users(
-    body: UserBatchCreate, session: SessionDep, idempotent: IdempotentAnswerDep
+async def create_users(
+    body: UserBatchCreate, database: DatabaseDep, idempotent: IdempotentAnswerDep
 ) -> Response:
     """Create 1-1000 users, all or nothing; they come back in the order sent."""
-    with write_transaction(session):
-        created = crud.create_users(session=session, data=body.users)
+    async with database.transaction() as connection:
+        created = await crud.create_users(connection=connection, data=body.users)
         response = JSONResponse({"items": created}, status_code=status.HTTP_201_CREATED)
-        idempotent.save(response, session=session)
+        await idempotent.save(response, connection=connection)
     return response
 
 
@@ -123,10 +125,10 @@ def create_users(
         **problem_responses(401, 422, 503),
     },
 )
-def list_users(
+async def list_users(
     query: Annotated[UserListQuery, Query()],
     request: Request,
-    session: SessionDep,
+    database: DatabaseDep,
     cursors: CursorCodecDep,
 ) -> Response:
     order = SortOrder.parse(query.sort)
@@ -139,19 +141,20 @@ def list_users(
             raise validation_failed(
                 [{"loc": ["query", "cursor"], "msg": str(error), "type": "cursor_invalid"}]
             ) from None
-    rows, more, total = crud.list_users(session=session, query=query, order=order, after=after)
-    next_cursor = cursors.encode(order, context, order.key_of(rows[-1])) if more else None
-    page: dict[str, Any] = {
-        "items": [crud.to_record(row) for row in rows],
-        "next_cursor": next_cursor,
-    }
-    if total is not None:
-        page["total"] = total
+    async with database.read(heavy=crud.may_scan(query)) as connection:
+        page = await crud.list_users(connection=connection, query=query, order=order, after=after)
+    next_cursor = None
     headers = {}
-    if next_cursor is not None:
+    if page.more:
+        last = order.key_of(orjson.loads(page.users[-1]))
+        next_cursor = cursors.encode(order, context, last)
         next_url = request.url.include_query_params(cursor=next_cursor)
         headers["Link"] = f'<{next_url.path}?{next_url.query}>; rel="next"'
-    return JSONResponse(page, headers=headers)
+    body = '{"items":[' + ",".join(page.users) + "],"
+    body += '"next_cursor":' + orjson.dumps(next_cursor).decode()
+    if page.total is not None:
+        body += f',"total":{page.total}'
+    return json_bytes_response((body + "}").encode(), headers=headers)
 
 
 @router.get(
@@ -167,13 +170,15 @@ def list_users(
         **problem_responses(401, 404, 422, 503),
     },
 )
-def get_user(user_id: UserIdDep, session: SessionDep, if_none_match: IfNoneMatchDep) -> Response:
-    user = crud.get_user(session=session, user_id=user_id)
-    if if_none_match is not None and if_none_match.matches(user["version"]):
-        return Response(
-            status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag(user["version"])}
-        )
-    return user_response(user)
+async def get_user(
+    user_id: UserIdDep, database: DatabaseDep, if_none_match: IfNoneMatchDep
+) -> Response:
+    async with database.read() as connection:
+        user = await crud.get_user(connection=connection, user_id=user_id)
+    headers = {"ETag": etag(user.version)}
+    if if_none_match is not None and if_none_match.matches(user.version):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return json_bytes_response(user.json.encode(), headers=headers)
 
 
 @router.put(
@@ -185,12 +190,13 @@ def get_user(user_id: UserIdDep, session: SessionDep, if_none_match: IfNoneMatch
         **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 503),
     },
 )
-def replace_user(
-    user_id: UserIdDep, body: UserReplace, session: SessionDep, if_match: IfMatchDep
+async def replace_user(
+    user_id: UserIdDep, body: UserReplace, database: DatabaseDep, if_match: IfMatchDep
 ) -> Response:
-    user = crud.update_user(
-        session=session, user_id=user_id, changes=body.model_dump(), expected=if_match
-    )
+    async with database.transaction() as connection:
+        user = await crud.update_user(
+            connection=connection, user_id=user_id, changes=body.model_dump(), expected=if_match
+        )
     return user_response(user)
 
 
@@ -208,15 +214,16 @@ def replace_user(
         }
     },
 )
-def update_user(
-    user_id: UserIdDep, body: UserUpdate, session: SessionDep, if_match: IfMatchDep
+async def update_user(
+    user_id: UserIdDep, body: UserUpdate, database: DatabaseDep, if_match: IfMatchDep
 ) -> Response:
-    user = crud.update_user(
-        session=session,
-        user_id=user_id,
-        changes=body.model_dump(include=body.model_fields_set),
-        expected=if_match,
-    )
+    async with database.transaction() as connection:
+        user = await crud.update_user(
+            connection=connection,
+            user_id=user_id,
+            changes=body.model_dump(include=body.model_fields_set),
+            expected=if_match,
+        )
     return user_response(user)
 
 
@@ -226,6 +233,7 @@ def update_user(
     operation_id="delete_user",
     responses=problem_responses(401, 403, 404, 412, 422, 503),
 )
-def delete_user(user_id: UserIdDep, session: SessionDep, if_match: IfMatchDep) -> Response:
-    crud.delete_user(session=session, user_id=user_id, expected=if_match)
+async def delete_user(user_id: UserIdDep, database: DatabaseDep, if_match: IfMatchDep) -> Response:
+    async with database.transaction() as connection:
+        await crud.delete_user(connection=connection, user_id=user_id, expected=if_match)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,522 @@
+"""The request path's database access: async, lean, one shape on every database.
+
+Routes do their database work (through crud.py and idempotency.py) with a
+`Database`:
+
+    async with database.read() as connection:
+        row = await connection.one(statement, {"user_id": user_id})
+    async with database.transaction() as connection:
+        await connection.run(statement, values)
+
+A `Statement` is a Core statement built from the models, compiled once per
+database into the driver's SQL. Values go through the column types' own
+conversions, so what this path writes is exactly what SQLAlchemy writes
+(migrations, seeding and tests use SQLAlchemy itself). Rows come back as the
+driver's tuples: the hot statements select text the database rendered.
+
+Where the work runs depends on the database, because that is where the time
+goes (see README, "Throughput"):
+
+- SQLite: reads run on the event loop, on one connection: a lookup by key
+  costs tens of microseconds, less than a hop to a thread. Reads that may
+  scan (`heavy=True`) run on a worker thread instead. Writes run on one
+  writer connection and are group-committed: each write transaction is a
+  savepoint inside a transaction that commits (one fsync, on a worker
+  thread) once the writes waiting have run; writes that arrive meanwhile
+  share the next commit. A write is acknowledged only after its commit.
+- PostgreSQL: psycopg's async connections in a pool of our own (nothing is
+  sent on release; a connection that failed is dropped, and the idle ones
+  with it).
+- MariaDB/MySQL: PyMySQL connections from the SQLAlchemy engine's pool,
+  each statement on a worker thread.
+
+Driver errors come out as `UniqueViolation` or `DatabaseUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol, cast
+
+import anyio.to_thread
+import psycopg
+import pymysql
+from sqlalchemy import Engine
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from users_service.settings import Settings
+
+Row = tuple[Any, ...]
+
+
+class UniqueViolation(Exception):
+    """The database refused a row that a unique index already has."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached, or did not answer in time."""
+
+
+class Statement:
+    """A Core statement compiled for one database, and its bind conversions."""
+
+    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
+        self.sql = str(compiled)
+        self._fixed: dict[str, Any] = {}  # values built into the statement
+        self._convert: dict[str, Callable[[Any], Any]] = {}
+        for name, bind in compiled.binds.items():
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                self._convert[name] = process
+            if not bind.required:
+                value = bind.effective_value
+                self._fixed[name] = value if process is None or value is None else process(value)
+        columns = getattr(statement, "selected_columns", ())
+        processors = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
+        ]
+        self._decoders = processors if any(processors) else None
+
+    def params(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        params = dict(self._fixed)
+        convert = self._convert
+        for name, value in values.items():
+            process = convert.get(name)
+            params[name] = value if process is None or value is None else process(value)
+        return params
+
+    def decode(self, row: Row) -> Row:
+        """The row's values as the column types give them (datetimes, UUIDs)."""
+        if self._decoders is None:
+            return row
+        return tuple(
+            value if decode is None or value is None else decode(value)
+            for decode, value in zip(self._decoders, row, strict=True)
+        )
+
+
+_COMPILED: dict[tuple[str, str, Any], Statement] = {}
+
+
+def compiled(connection: Connection, key: Any, build: Callable[[], ClauseElement]) -> Statement:
+    """The statement `build()` makes, compiled for the connection's database once.
+
+    `key` names the statement's shape: the same key must always build the
+    same statement (values travel separately).
+    """
+    dialect = connection.dialect
+    cache_key = (dialect.name, dialect.paramstyle, key)
+    statement = _COMPILED.get(cache_key)
+    if statement is None:
+        statement = _COMPILED[cache_key] = Statement(build(), dialect)
+    return statement
+
+
+class Connection(Protocol):
+    dialect: Dialect
+
+    async def one(self, statement: Statement, values: Mapping[str, Any] = ...) -> Row | None: ...
+
+    async def all(self, statement: Statement, values: Mapping[str, Any] = ...) -> list[Row]: ...
+
+    async def run(self, statement: Statement, values: Mapping[str, Any] = ...) -> int: ...
+
+    async def run_many(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+
+class Database:
+    """What every database offers the request path."""
+
+    name: str  # "sqlite", "postgresql" or "mysql"
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect
+        self.name = engine.dialect.name
+
+    def read(self, *, heavy: bool = False) -> AbstractAsyncContextManager[Connection]:
+        """Reads; `heavy` for those that may scan many rows."""
+        raise NotImplementedError
+
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """One write transaction: committed when the block ends, else rolled back."""
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        """Called once the event loop runs (the app's lifespan)."""
+
+    async def close(self) -> None:
+        """Release every connection."""
+
+
+# --------------------------------------------------------------------------
+# SQLite
+
+
+class _SQLiteConnection:
+    """A sqlite3 connection used on the event loop (its calls do not wait on I/O)."""
+
+    def __init__(self, raw: sqlite3.Connection, dialect: Dialect) -> None:
+        self.raw = raw
+        self.dialect = dialect
+
+    def _execute(self, statement: Statement, values: Mapping[str, Any]) -> sqlite3.Cursor:
+        try:
+            return self.raw.execute(statement.sql, statement.params(values))
+        except sqlite3.IntegrityError as error:
+            raise UniqueViolation(str(error)) from None
+        except sqlite3.OperationalError as error:
+            raise DatabaseUnavailable(str(error)) from error
+
+    async def one(self, statement: Statement, values: Mapping[str, Any] = {}) -> Row | None:
+        row: Row | None = self._execute(statement, values).fetchone()
+        return row
+
+    async def all(self, statement: Statement, values: Mapping[str, Any] = {}) -> list[Row]:
+        return self._execute(statement, values).fetchall()
+
+    async def run(self, statement: Statement, values: Mapping[str, Any] = {}) -> int:
+        return self._execute(statement, values).rowcount
+
+    async def run_many(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
+        try:
+            self.raw.executemany(statement.sql, [statement.params(row) for row in rows])
+        except sqlite3.IntegrityError as error:
+            raise UniqueViolation(str(error)) from None
+        except sqlite3.OperationalError as error:
+            raise DatabaseUnavailable(str(error)) from error
+
+
+class _ThreadedConnection:
+    """A DB-API connection whose every statement runs on a worker thread."""
+
+    def __init__(
+        self,
+        raw: Any,
+        dialect: Dialect,
+        integrity: type[Exception],
+        unavailable: tuple[type[Exception], ...],
+    ) -> None:
+        self.raw = raw
+        self.dialect = dialect
+        self._integrity = integrity
+        self._unavailable = unavailable
+        self.failed = False
+
+    def _call(self, statement: Statement, values: Any, many: bool) -> tuple[list[Row], int]:
+        cursor = self.raw.cursor()
+        try:
+            if many:
+                cursor.executemany(statement.sql, [statement.params(row) for row in values])
+                return [], cursor.rowcount
+            cursor.execute(statement.sql, statement.params(values))
+            rows = list(cursor.fetchall()) if cursor.description else []
+            return rows, cursor.rowcount
+        finally:
+            cursor.close()
+
+    async def _run(
+        self, statement: Statement, values: Any, many: bool = False
+    ) -> tuple[list[Row], int]:
+        try:
+            return await anyio.to_thread.run_sync(self._call, statement, values, many)
+        except self._integrity as error:
+            raise UniqueViolation(str(error)) from None
+        except self._unavailable as error:
+            self.failed = True
+            raise DatabaseUnavailable(str(error)) from error
+
+    async def one(self, statement: Statement, values: Mapping[str, Any] = {}) -> Row | None:
+        rows, _ = await self._run(statement, values)
+        return rows[0] if rows else None
+
+    async def all(self, statement: Statement, values: Mapping[str, Any] = {}) -> list[Row]:
+        rows, _ = await self._run(statement, values)
+        return rows
+
+    async def run(self, statement: Statement, values: Mapping[str, Any] = {}) -> int:
+        _, count = await self._run(statement, values)
+        return count
+
+    async def run_many(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
+        await self._run(statement, rows, many=True)
+
+
+class SQLiteDatabase(Database):
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        super().__init__(engine, settings)
+        # sqlite3 takes named parameters as well as "?": a dict per call.
+        self.dialect = type(engine.dialect)(paramstyle="named")  # type: ignore[call-arg]
+        self._busy_timeout = settings.sqlite_busy_timeout_ms / 1000
+        self._fairies: list[Any] = []
+        self._reader: _SQLiteConnection | None = None
+        self._writer: _SQLiteConnection | None = None
+        self._write_turn = asyncio.Lock()
+        self._batch: asyncio.Future[None] | None = None
+        self._committing: asyncio.Task[None] | None = None
+
+    def _connection(self) -> _SQLiteConnection:
+        fairy = self.engine.raw_connection()  # with the engine's pragmas (db.py)
+        self._fairies.append(fairy)
+        raw: sqlite3.Connection = fairy.driver_connection  # type: ignore[assignment]
+        return _SQLiteConnection(raw, self.dialect)
+
+    async def start(self) -> None:
+        self._reader = self._connection()
+        self._writer = self._connection()
+        # The writer waits for other processes' write locks without
+        # blocking the event loop (see _begin).
+        self._writer.raw.execute("PRAGMA busy_timeout=0")
+
+    async def close(self) -> None:
+        for fairy in self._fairies:
+            fairy.close()
+        self._fairies.clear()
+        self._reader = self._writer = None
+
+    @asynccontextmanager
+    async def read(self, *, heavy: bool = False) -> AsyncIterator[Connection]:
+        if not heavy:
+            assert self._reader is not None, "Database.start() was not called"
+            yield self._reader
+            return
+        fairy = await anyio.to_thread.run_sync(self.engine.raw_connection)
+        try:
+            yield _ThreadedConnection(
+                fairy.driver_connection,
+                self.dialect,
+                sqlite3.IntegrityError,
+                (sqlite3.OperationalError,),
+            )
+        finally:
+            await anyio.to_thread.run_sync(fairy.close)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        writer = self._writer
+        assert writer is not None, "Database.start() was not called"
+        async with self._write_turn:
+            if self._batch is None:
+                await self._begin(writer.raw)
+                self._batch = asyncio.get_running_loop().create_future()
+                self._committing = asyncio.get_running_loop().create_task(self._commit(writer.raw))
+            batch = self._batch
+            writer.raw.execute("SAVEPOINT request")
+            try:
+                yield writer
+            except BaseException:
+                writer.raw.execute("ROLLBACK TO request")
+                writer.raw.execute("RELEASE request")
+                raise
+            writer.raw.execute("RELEASE request")
+        await asyncio.shield(batch)
+
+    async def _begin(self, raw: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting (off the loop's clock) for another process's lock."""
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                if time.monotonic() > deadline:
+                    raise DatabaseUnavailable(str(error)) from error
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    async def _commit(self, raw: sqlite3.Connection) -> None:
+        """Commit the open batch after the writes queued before this call have run."""
+        async with self._write_turn:
+            batch, self._batch = self._batch, None
+            assert batch is not None
+            try:
+                await anyio.to_thread.run_sync(raw.execute, "COMMIT")
+            except sqlite3.Error as error:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+                batch.set_exception(DatabaseUnavailable(str(error)))
+                batch.exception()  # retrieved here; every writer in the batch re-raises it
+            else:
+                batch.set_result(None)
+
+
+# --------------------------------------------------------------------------
+# PostgreSQL
+
+
+class _PostgresConnection:
+    def __init__(self, raw: psycopg.AsyncConnection[Any], dialect: Dialect) -> None:
+        self.raw = raw
+        self.dialect = dialect
+        self.failed = False
+
+    async def _execute(
+        self, statement: Statement, values: Mapping[str, Any]
+    ) -> psycopg.AsyncCursor[Any]:
+        try:
+            return await self.raw.execute(statement.sql, statement.params(values))
+        except psycopg.errors.UniqueViolation as error:
+            raise UniqueViolation(str(error)) from None
+        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+            self.failed = True
+            raise DatabaseUnavailable(str(error)) from error
+
+    async def one(self, statement: Statement, values: Mapping[str, Any] = {}) -> Row | None:
+        cursor = await self._execute(statement, values)
+        row: Row | None = await cursor.fetchone()
+        return row
+
+    async def all(self, statement: Statement, values: Mapping[str, Any] = {}) -> list[Row]:
+        cursor = await self._execute(statement, values)
+        return await cursor.fetchall()
+
+    async def run(self, statement: Statement, values: Mapping[str, Any] = {}) -> int:
+        cursor = await self._execute(statement, values)
+        return cursor.rowcount
+
+    async def run_many(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
+        try:
+            async with self.raw.cursor() as cursor:
+                await cursor.executemany(statement.sql, [statement.params(row) for row in rows])
+        except psycopg.errors.UniqueViolation as error:
+            raise UniqueViolation(str(error)) from None
+        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+            self.failed = True
+            raise DatabaseUnavailable(str(error)) from error
+
+
+class PostgresDatabase(Database):
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        super().__init__(engine, settings)
+        url = engine.url.set(drivername="postgresql")
+        self._conninfo = url.render_as_string(hide_password=False)
+        self._connect_timeout = settings.db_connect_timeout_seconds
+        self._acquire_timeout = settings.db_pool_timeout_seconds
+        self._size = settings.db_pool_size + settings.db_max_overflow
+        self._idle: deque[psycopg.AsyncConnection[Any]] = deque()
+        self._slots: asyncio.Semaphore | None = None
+
+    async def start(self) -> None:
+        self._slots = asyncio.Semaphore(self._size)
+
+    async def close(self) -> None:
+        while self._idle:
+            await self._idle.pop().close()
+
+    async def _acquire(self) -> psycopg.AsyncConnection[Any]:
+        slots = self._slots
+        assert slots is not None, "Database.start() was not called"
+        if slots.locked():
+            try:
+                await asyncio.wait_for(slots.acquire(), self._acquire_timeout)
+            except TimeoutError:
+                raise DatabaseUnavailable("no database connection free") from None
+        else:
+            await slots.acquire()
+        if self._idle:
+            return self._idle.pop()
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self._conninfo,
+                autocommit=True,
+                connect_timeout=self._connect_timeout,
+                options="-c TimeZone=UTC",
+            )
+        except psycopg.Error as error:
+            slots.release()
+            raise DatabaseUnavailable(str(error)) from error
+
+    async def _release(self, raw: psycopg.AsyncConnection[Any], failed: bool) -> None:
+        assert self._slots is not None
+        try:
+            idle = raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            if failed or raw.closed or not idle:
+                # A connection that failed says the server went away or
+                # restarted: the idle ones are likely dead too.
+                for dead in [raw, *self._idle] if failed else [raw]:
+                    await dead.close()
+                if failed:
+                    self._idle.clear()
+            else:
+                self._idle.append(raw)
+        finally:
+            self._slots.release()
+
+    @asynccontextmanager
+    async def read(self, *, heavy: bool = False) -> AsyncIterator[Connection]:
+        connection = _PostgresConnection(await self._acquire(), self.dialect)
+        try:
+            yield connection
+        finally:
+            await self._release(connection.raw, connection.failed)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        connection = _PostgresConnection(await self._acquire(), self.dialect)
+        try:
+            try:
+                async with connection.raw.transaction():
+                    yield connection
+            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+                connection.failed = True  # at BEGIN or COMMIT
+                raise DatabaseUnavailable(str(error)) from error
+        finally:
+            await self._release(connection.raw, connection.failed)
+
+
+# --------------------------------------------------------------------------
+# MariaDB / MySQL
+
+_MYSQL_UNAVAILABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
+
+
+class MySQLDatabase(Database):
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_ThreadedConnection]:
+        try:
+            fairy = await anyio.to_thread.run_sync(self.engine.raw_connection)
+        except Exception as error:
+            raise DatabaseUnavailable(str(error)) from error
+        connection = _ThreadedConnection(
+            fairy.driver_connection, self.dialect, pymysql.err.IntegrityError, _MYSQL_UNAVAILABLE
+        )
+        try:
+            yield connection
+        finally:
+            if connection.failed:
+                fairy.invalidate()
+            await anyio.to_thread.run_sync(fairy.close)  # rolls back what is open
+
+    @asynccontextmanager
+    async def read(self, *, heavy: bool = False) -> AsyncIterator[Connection]:
+        async with self._connection() as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with self._connection() as connection:
+            yield connection
+            try:
+                await anyio.to_thread.run_sync(connection.raw.commit)
+            except _MYSQL_UNAVAILABLE as error:
+                connection.failed = True
+                raise DatabaseUnavailable(str(error)) from error
+
+
+def create_database(engine: Engine, settings: Settings) -> Database:
+    kinds: dict[str, type[Database]] = {
+        "sqlite": SQLiteDatabase,
+        "postgresql": PostgresDatabase,
+        "mysql": MySQLDatabase,
+        "mariadb": MySQLDatabase,
+    }
+    return kinds[engine.dialect.name](engine, settings)
