@@ -10,6 +10,7 @@ counts comes from the real app and its database.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import random
 import uuid
@@ -33,6 +34,7 @@ from users_service.client import (
     Forbidden,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     RetryPolicy,
@@ -45,6 +47,7 @@ from users_service.client import (
     ValidationFailed,
     VersionMismatch,
     error_from_response,
+    retry_after_seconds,
 )
 from users_service.idempotency import fingerprint
 from users_service.main import create_app
@@ -379,7 +382,7 @@ def test_a_wrong_base_url_raises_not_found(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "content_type", "status", "code", "error_class"),
     [
-        ("DELETE", "/users", "application/json", 405, "method_not_allowed", UsersServiceError),
+        ("DELETE", "/users", "application/json", 405, "method_not_allowed", MethodNotAllowed),
         ("POST", "/users", "text/plain", 415, "unsupported_media_type", UnsupportedMediaType),
     ],
 )
@@ -415,6 +418,18 @@ def test_unknown_codes_map_to_the_class_of_their_status() -> None:
     assert type(odd) is UsersServiceError and odd.status == 418
     assert type(proxy_page) is UsersServiceError
     assert (proxy_page.code, proxy_page.title) == (None, "Bad Gateway")
+
+
+def test_retry_after_is_read_as_seconds_or_as_an_http_date() -> None:
+    def retry_after(value: str) -> float | None:
+        return retry_after_seconds(httpx.Response(503, headers={"Retry-After": value}))
+
+    in_a_minute = email.utils.format_datetime(datetime.now(UTC) + timedelta(minutes=1), True)
+
+    assert retry_after("7") == 7.0
+    assert 55 < (retry_after(in_a_minute) or 0) <= 60
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # past: at once
+    assert retry_after("soon") is None
 
 
 # --- API keys ---------------------------------------------------------------------------

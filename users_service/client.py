@@ -300,7 +300,11 @@ class UserChanges(TypedDict, total=False):
 
 
 UserRef = UserPublic | uuid.UUID | str
-"""A user to act on: the user itself (its version becomes If-Match) or its id."""
+"""A user to act on: the user itself (its version becomes If-Match) or its id.
+
+Writes also take `if_match=`: a version (`3`) or an If-Match value as sent
+(`'"3"'`, `"*"`); it overrides the user's own version.
+"""
 
 Reader = Callable[[httpx.Response, bool], T]
 """Reads a final answer; the flag says whether an earlier attempt may have landed."""
@@ -366,7 +370,9 @@ def _read_health(response: httpx.Response, earlier_attempt_unknown: bool) -> dic
 
 
 def _read_readiness(response: httpx.Response, earlier_attempt_unknown: bool) -> dict[str, str]:
-    if response.status_code == 503 and "status" in response.json():
+    if response.status_code == 503 and "application/json" in response.headers.get(
+        "content-type", ""
+    ):
         body: dict[str, str] = response.json()  # not ready: the body says why
         return body
     return _read_health(response, earlier_attempt_unknown)
