@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 
-.PHONY: run migrate revision test lint install clean seed bench bench-scale
+.PHONY: run migrate revision test lint install clean seed bench bench-scale openapi
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ bench: $(STAMP)
 bench-scale: $(STAMP)
 	@command -v wrk >/dev/null || (echo 'wrk is not installed: apt-get install wrk'; exit 2)
 	$(BIN)/python -m benchmarks.scale
+
+# The committed OpenAPI document; tests/test_openapi.py fails when it is out of date.
+openapi: $(STAMP)
+	$(BIN)/python -m users_service openapi --output openapi.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

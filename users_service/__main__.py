@@ -1,4 +1,4 @@
-"""Command line: `python -m users_service serve | migrate`."""
+"""Command line: `python -m users_service serve | migrate | seed N | openapi`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     seed = commands.add_parser("seed", help="insert N synthetic users (bulk, with progress)")
     seed.add_argument("count", type=int, help="how many users")
     seed.add_argument("--batch-size", type=int, default=10_000)
+    openapi = commands.add_parser("openapi", help="write the OpenAPI document (make openapi)")
+    openapi.add_argument("--output", default="-", help="file to write; - (default): stdout")
     args = parser.parse_args(argv)
+
+    if args.command == "openapi":  # the document does not depend on the settings
+        from users_service.openapi import write
+
+        write(args.output)
+        return 0
 
     try:
         settings = load_settings()

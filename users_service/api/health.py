@@ -24,7 +24,7 @@ class Readiness(BaseModel):
     schema_: Literal["current", "behind", "ahead", "unknown"] = Field(alias="schema")
 
 
-@router.get("/healthz", response_model=Health, operation_id="health")
+@router.get("/healthz", response_model=Health, operation_id="check_health")
 async def healthz() -> JSONResponse:
     """The process is alive. Touches no database."""
     return JSONResponse({"status": "ok"})
@@ -33,7 +33,7 @@ async def healthz() -> JSONResponse:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    operation_id="readiness",
+    operation_id="check_readiness",
     responses={503: {"model": Readiness, "description": "Not ready: the body says why."}},
 )
 def readyz(request: Request) -> JSONResponse:

@@ -1,0 +1,57 @@
+"""The README's Python client examples run, as written, against a real server."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.helpers import user_count
+from tests.server import REPO_ROOT, running_server
+
+README_URL = "http://127.0.0.1:8000"
+API_KEY = "readme-example-key"
+FENCED_PYTHON = re.compile(r"^```python\n(.*?)^```$", re.DOTALL | re.MULTILINE)
+
+
+def client_examples() -> list[str]:
+    """The python blocks of the README's "Python client" section, in order."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Python client\n", 1)[1].split("\n## ", 1)[0]
+    return FENCED_PYTHON.findall(section)
+
+
+def test_readme_has_sync_and_async_client_examples() -> None:
+    examples = client_examples()
+
+    assert len(examples) == 2
+    assert all(README_URL in example for example in examples)
+
+
+def test_readme_client_examples_run_against_a_real_server(
+    client: TestClient, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("USERS_SERVICE_API_KEY", API_KEY)
+    output = io.StringIO()
+
+    with running_server(
+        database_url, tmp_path / "server.log", {"API_KEYS": f"readme:{API_KEY}"}
+    ) as server:
+        for example in client_examples():
+            code = compile(example.replace(README_URL, server.base_url), "README.md", "exec")
+            with contextlib.redirect_stdout(output):
+                exec(code, {"__name__": "readme_example"})  # noqa: S102 - our own README
+
+    printed = output.getvalue().splitlines()
+    assert printed[1] == "409 email_taken ('body', 'email')"
+    assert printed[2:] == [
+        "Grace Hopper 85",
+        "Alan Turing 41",
+        "2 3 True",
+        "grace@example.com",
+    ]
+    assert user_count(client) == 2  # Grace and Alan; Ada was deleted
