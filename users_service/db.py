@@ -46,12 +46,23 @@ def create_db_engine(settings: Settings) -> Engine:
             "timeout": settings.sqlite_busy_timeout_ms / 1000,
         }
     elif backend == "postgresql":
-        connect_args = {"connect_timeout": settings.db_connect_timeout_seconds}
-    else:
         connect_args = {
             "connect_timeout": settings.db_connect_timeout_seconds,
-            "read_timeout": 60,
-            "write_timeout": 60,
+            **POSTGRESQL_TCP_TIMEOUTS,
+            **_postgresql_statement_timeout(settings, url.query.get("options")),
+        }
+    else:
+        # The client gives up a little after the server should have, so that
+        # a server that stopped answering cannot hold a request for ever.
+        io_timeout = (
+            settings.db_statement_timeout_ms / 1000 + STATEMENT_TIMEOUT_GRACE_SECONDS
+            if settings.db_statement_timeout_ms
+            else None
+        )
+        connect_args = {
+            "connect_timeout": settings.db_connect_timeout_seconds,
+            "read_timeout": io_timeout,
+            "write_timeout": io_timeout,
         }
     engine = create_engine(
         url,
@@ -65,7 +76,49 @@ def create_db_engine(settings: Settings) -> Engine:
     )
     if backend == "sqlite":
         _configure_sqlite(engine, settings)
+    elif backend in ("mysql", "mariadb") and settings.db_statement_timeout_ms:
+        _limit_mysql_statements(engine, settings.db_statement_timeout_ms)
     return engine
+
+
+# libpq's TCP options: a server that vanishes without closing the connection
+# (host gone, network cut) is given up on after about 10 s of silence, instead
+# of the kernel's default of over two hours. A server that is alive but slow
+# still answers keepalives and is bounded by the statement timeout instead.
+POSTGRESQL_TCP_TIMEOUTS = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # ms that sent data may stay unacknowledged
+}
+
+# How much longer than the statement timeout the MariaDB/MySQL client waits
+# for an answer before it drops the connection itself.
+STATEMENT_TIMEOUT_GRACE_SECONDS = 5
+
+
+def _postgresql_statement_timeout(settings: Settings, url_options: object) -> dict[str, str]:
+    """`options` that set statement_timeout when the connection starts (no
+    extra round trip), after any options the URL itself gives."""
+    if not settings.db_statement_timeout_ms:
+        return {}
+    ours = f"-c statement_timeout={settings.db_statement_timeout_ms}"
+    return {"options": f"{url_options} {ours}" if isinstance(url_options, str) else ours}
+
+
+def _limit_mysql_statements(engine: Engine, timeout_ms: int) -> None:
+    """Each new connection's statement limit: MariaDB's max_statement_time
+    (seconds, every statement); MySQL has only max_execution_time (ms, SELECTs)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        if "mariadb" in dbapi_connection.get_server_info().lower():
+            statement = f"SET SESSION max_statement_time = {timeout_ms / 1000}"
+        else:
+            statement = f"SET SESSION max_execution_time = {timeout_ms}"
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(statement)
 
 
 def _configure_sqlite(engine: Engine, settings: Settings) -> None:
