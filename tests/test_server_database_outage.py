@@ -31,6 +31,7 @@ from sqlalchemy import Engine, create_engine, pool, select, text
 from tests.databases import migrate
 from tests.helpers import race
 from tests.server import RunningServer, free_port, running_server
+from users_service.errors import STATEMENT_TIMEOUT_DETAIL
 from users_service.models import User
 from users_service.settings import load_settings
 
@@ -162,6 +163,7 @@ def assert_unavailable(response: httpx.Response) -> None:
     assert response.status_code == 503, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["code"] == "service_unavailable"
+    assert response.json()["detail"] != STATEMENT_TIMEOUT_DETAIL
     assert int(response.headers["retry-after"]) > 0
     assert "psycopg" not in response.text.lower() and "127.0.0.1" not in response.text
 

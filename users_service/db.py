@@ -243,6 +243,23 @@ def is_unavailable(error: BaseException) -> bool:
     return False
 
 
+# What each database says when it cancels a statement that ran past the
+# limit: PostgreSQL's query_canceled, MariaDB's and MySQL's error numbers.
+_STATEMENT_TIMEOUT_SQLSTATES = frozenset({"57014"})
+_STATEMENT_TIMEOUT_ERRNOS = frozenset({1969, 3024})
+
+
+def is_statement_timeout(error: BaseException) -> bool:
+    """Whether the database cancelled a statement for running too long."""
+    if not isinstance(error, exc.DBAPIError):
+        return False
+    original = error.orig
+    if getattr(original, "sqlstate", None) in _STATEMENT_TIMEOUT_SQLSTATES:
+        return True
+    args: tuple[object, ...] = getattr(original, "args", ())
+    return bool(args) and args[0] in _STATEMENT_TIMEOUT_ERRNOS
+
+
 SchemaState = Literal["current", "behind", "ahead", "unknown"]
 
 
