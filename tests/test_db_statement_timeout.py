@@ -18,14 +18,15 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Executable, create_engine, pool, select, text
+from sqlalchemy import Engine, Executable, create_engine, pool, select, text
 
 from tests.databases import create_fresh_database, migrate
 from tests.helpers import assert_problem, create_ada
+from users_service.db import create_db_engine
 from users_service.errors import STATEMENT_TIMEOUT_DETAIL
 from users_service.main import create_app
 from users_service.models import User
-from users_service.settings import load_settings
+from users_service.settings import SettingsError, load_settings
 
 TIMEOUT_MS = 1000
 # Generous for a shared machine, and still far below the lock's hold time.
@@ -145,3 +146,45 @@ def test_statement_timeout_0_lets_a_statement_wait_for_the_lock(database_url: st
 
     assert response.status_code == 200, response.text
     assert elapsed >= held_seconds * 0.9
+
+
+def session_statement_limit(engine: Engine) -> str:
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            return str(connection.execute(text("SHOW statement_timeout")).scalar_one())
+        return str(connection.execute(text("SELECT @@max_statement_time")).scalar_one())
+
+
+def test_statement_timeout_from_the_environment_is_set_on_every_connection(
+    database_url: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "1234")
+    engine = create_db_engine(load_settings(database_url=database_url))
+    try:
+        limits = {session_statement_limit(engine) for _ in range(3)}
+    finally:
+        engine.dispose()
+
+    assert limits == ({"1234ms"} if backend == "postgresql" else {"1.234"})
+
+
+def test_statement_timeout_keeps_the_options_the_postgresql_url_gives(
+    database_url: str, backend: str
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("startup options are PostgreSQL's")
+    url = f"{database_url}?options=-c%20lock_timeout%3D4321"
+    engine = create_db_engine(load_settings(database_url=url, db_statement_timeout_ms=1234))
+    try:
+        with engine.connect() as connection:
+            lock_timeout = connection.execute(text("SHOW lock_timeout")).scalar_one()
+        statement_timeout = session_statement_limit(engine)
+    finally:
+        engine.dispose()
+
+    assert (lock_timeout, statement_timeout) == ("4321ms", "1234ms")
+
+
+def test_negative_statement_timeout_is_refused_by_name() -> None:
+    with pytest.raises(SettingsError, match="DB_STATEMENT_TIMEOUT_MS"):
+        load_settings(db_statement_timeout_ms=-1)
