@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         from users_service.db import create_db_engine
         from users_service.seed import seed_users
 
-        engine = create_db_engine(settings)
+        # A bulk load is no request: DB_STATEMENT_TIMEOUT_MS does not apply.
+        engine = create_db_engine(settings.model_copy(update={"db_statement_timeout_ms": 0}))
         started = time.perf_counter()
         seed_users(engine, args.count, batch_size=args.batch_size)
         elapsed = time.perf_counter() - started

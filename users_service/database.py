@@ -36,6 +36,7 @@ Driver errors come out as `UniqueViolation` or `DatabaseUnavailable`.
 from __future__ import annotations
 
 import asyncio
+import select
 import sqlite3
 import time
 from collections import deque
@@ -51,6 +52,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from users_service.db import is_statement_timeout, postgresql_connect_args
 from users_service.settings import Settings
 
 Row = tuple[Any, ...]
@@ -62,6 +64,16 @@ class UniqueViolation(Exception):
 
 class DatabaseUnavailable(Exception):
     """The database cannot be reached, or did not answer in time."""
+
+
+class StatementTimeout(DatabaseUnavailable):
+    """The database cancelled a statement after DB_STATEMENT_TIMEOUT_MS."""
+
+
+def unavailable(error: Exception) -> DatabaseUnavailable:
+    """Our exception for a driver's error that means the database is not there."""
+    kind = StatementTimeout if is_statement_timeout(error) else DatabaseUnavailable
+    return kind(str(error))
 
 
 class Statement:
@@ -174,7 +186,7 @@ class _SQLiteConnection:
         except sqlite3.IntegrityError as error:
             raise UniqueViolation(str(error)) from None
         except sqlite3.OperationalError as error:
-            raise DatabaseUnavailable(str(error)) from error
+            raise unavailable(error) from error
 
     async def one(self, statement: Statement, values: Mapping[str, Any] = {}) -> Row | None:
         row: Row | None = self._execute(statement, values).fetchone()
@@ -192,7 +204,7 @@ class _SQLiteConnection:
         except sqlite3.IntegrityError as error:
             raise UniqueViolation(str(error)) from None
         except sqlite3.OperationalError as error:
-            raise DatabaseUnavailable(str(error)) from error
+            raise unavailable(error) from error
 
 
 class _ThreadedConnection:
@@ -232,7 +244,7 @@ class _ThreadedConnection:
             raise UniqueViolation(str(error)) from None
         except self._unavailable as error:
             self.failed = True
-            raise DatabaseUnavailable(str(error)) from error
+            raise unavailable(error) from error
 
     async def one(self, statement: Statement, values: Mapping[str, Any] = {}) -> Row | None:
         rows, _ = await self._run(statement, values)
@@ -329,7 +341,7 @@ class SQLiteDatabase(Database):
                 return
             except sqlite3.OperationalError as error:
                 if time.monotonic() > deadline:
-                    raise DatabaseUnavailable(str(error)) from error
+                    raise unavailable(error) from error
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
 
@@ -368,7 +380,7 @@ class _PostgresConnection:
             raise UniqueViolation(str(error)) from None
         except (psycopg.OperationalError, psycopg.InterfaceError) as error:
             self.failed = True
-            raise DatabaseUnavailable(str(error)) from error
+            raise unavailable(error) from error
 
     async def one(self, statement: Statement, values: Mapping[str, Any] = {}) -> Row | None:
         cursor = await self._execute(statement, values)
@@ -391,15 +403,32 @@ class _PostgresConnection:
             raise UniqueViolation(str(error)) from None
         except (psycopg.OperationalError, psycopg.InterfaceError) as error:
             self.failed = True
-            raise DatabaseUnavailable(str(error)) from error
+            raise unavailable(error) from error
+
+
+def _still_open(raw: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle connection is still open, without a round trip.
+
+    An idle connection has nothing to read unless its server closed it (a
+    restart, a terminated backend: EOF or a farewell message is waiting).
+    """
+    try:
+        readable, _, _ = select.select([raw.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.OperationalError):
+        return False
+    return not readable
 
 
 class PostgresDatabase(Database):
     def __init__(self, engine: Engine, settings: Settings) -> None:
         super().__init__(engine, settings)
         url = engine.url.set(drivername="postgresql")
-        self._conninfo = url.render_as_string(hide_password=False)
-        self._connect_timeout = settings.db_connect_timeout_seconds
+        self._connect_args = postgresql_connect_args(
+            settings, url.query.get("options"), "-c TimeZone=UTC"
+        )
+        self._conninfo = url.difference_update_query(["options"]).render_as_string(
+            hide_password=False
+        )
         self._acquire_timeout = settings.db_pool_timeout_seconds
         self._size = settings.db_pool_size + settings.db_max_overflow
         self._idle: deque[psycopg.AsyncConnection[Any]] = deque()
@@ -422,18 +451,18 @@ class PostgresDatabase(Database):
                 raise DatabaseUnavailable("no database connection free") from None
         else:
             await slots.acquire()
-        if self._idle:
-            return self._idle.pop()
+        while self._idle:
+            raw = self._idle.pop()
+            if _still_open(raw):
+                return raw
+            await raw.close()
         try:
             return await psycopg.AsyncConnection.connect(
-                self._conninfo,
-                autocommit=True,
-                connect_timeout=self._connect_timeout,
-                options="-c TimeZone=UTC",
+                self._conninfo, autocommit=True, **self._connect_args
             )
         except psycopg.Error as error:
             slots.release()
-            raise DatabaseUnavailable(str(error)) from error
+            raise unavailable(error) from error
 
     async def _release(self, raw: psycopg.AsyncConnection[Any], failed: bool) -> None:
         assert self._slots is not None
@@ -468,7 +497,7 @@ class PostgresDatabase(Database):
                     yield connection
             except (psycopg.OperationalError, psycopg.InterfaceError) as error:
                 connection.failed = True  # at BEGIN or COMMIT
-                raise DatabaseUnavailable(str(error)) from error
+                raise unavailable(error) from error
         finally:
             await self._release(connection.raw, connection.failed)
 
@@ -485,7 +514,7 @@ class MySQLDatabase(Database):
         try:
             fairy = await anyio.to_thread.run_sync(self.engine.raw_connection)
         except Exception as error:
-            raise DatabaseUnavailable(str(error)) from error
+            raise unavailable(error) from error
         connection = _ThreadedConnection(
             fairy.driver_connection, self.dialect, pymysql.err.IntegrityError, _MYSQL_UNAVAILABLE
         )
@@ -509,7 +538,7 @@ class MySQLDatabase(Database):
                 await anyio.to_thread.run_sync(connection.raw.commit)
             except _MYSQL_UNAVAILABLE as error:
                 connection.failed = True
-                raise DatabaseUnavailable(str(error)) from error
+                raise unavailable(error) from error
 
 
 def create_database(engine: Engine, settings: Settings) -> Database:

@@ -46,12 +46,19 @@ def create_db_engine(settings: Settings) -> Engine:
             "timeout": settings.sqlite_busy_timeout_ms / 1000,
         }
     elif backend == "postgresql":
-        connect_args = {"connect_timeout": settings.db_connect_timeout_seconds}
+        connect_args = postgresql_connect_args(settings, url.query.get("options"))
     else:
+        # The client gives up a little after the server should have, so that
+        # a server that stopped answering cannot hold a request for ever.
+        io_timeout = (
+            settings.db_statement_timeout_ms / 1000 + STATEMENT_TIMEOUT_GRACE_SECONDS
+            if settings.db_statement_timeout_ms
+            else None
+        )
         connect_args = {
             "connect_timeout": settings.db_connect_timeout_seconds,
-            "read_timeout": 60,
-            "write_timeout": 60,
+            "read_timeout": io_timeout,
+            "write_timeout": io_timeout,
         }
     engine = create_engine(
         url,
@@ -65,7 +72,59 @@ def create_db_engine(settings: Settings) -> Engine:
     )
     if backend == "sqlite":
         _configure_sqlite(engine, settings)
+    elif backend in ("mysql", "mariadb") and settings.db_statement_timeout_ms:
+        _limit_mysql_statements(engine, settings.db_statement_timeout_ms)
     return engine
+
+
+# libpq's TCP options: a server that vanishes without closing the connection
+# (host gone, network cut) is given up on after about 10 s of silence, instead
+# of the kernel's default of over two hours. A server that is alive but slow
+# still answers keepalives and is bounded by the statement timeout instead.
+POSTGRESQL_TCP_TIMEOUTS = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # ms that sent data may stay unacknowledged
+}
+
+# How much longer than the statement timeout the MariaDB/MySQL client waits
+# for an answer before it drops the connection itself.
+STATEMENT_TIMEOUT_GRACE_SECONDS = 5
+
+
+def postgresql_connect_args(
+    settings: Settings, url_options: object, *extra_options: str
+) -> dict[str, Any]:
+    """libpq's connection arguments: timeouts, and `options` that set
+    statement_timeout (and `extra_options`) when the connection starts (no
+    extra round trip), after any options the URL itself gives."""
+    options = [url_options] if isinstance(url_options, str) else []
+    if settings.db_statement_timeout_ms:
+        options.append(f"-c statement_timeout={settings.db_statement_timeout_ms}")
+    options += extra_options
+    connect_args: dict[str, Any] = {
+        "connect_timeout": settings.db_connect_timeout_seconds,
+        **POSTGRESQL_TCP_TIMEOUTS,
+    }
+    if options:
+        connect_args["options"] = " ".join(options)
+    return connect_args
+
+
+def _limit_mysql_statements(engine: Engine, timeout_ms: int) -> None:
+    """Each new connection's statement limit: MariaDB's max_statement_time
+    (seconds, every statement); MySQL has only max_execution_time (ms, SELECTs)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        if "mariadb" in dbapi_connection.get_server_info().lower():
+            statement = f"SET SESSION max_statement_time = {timeout_ms / 1000}"
+        else:
+            statement = f"SET SESSION max_execution_time = {timeout_ms}"
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(statement)
 
 
 def _configure_sqlite(engine: Engine, settings: Settings) -> None:
@@ -188,6 +247,22 @@ def is_unavailable(error: BaseException) -> bool:
             error, (exc.OperationalError, exc.InterfaceError)
         )
     return False
+
+
+# What each database says when it cancels a statement that ran past the
+# limit: PostgreSQL's query_canceled, MariaDB's and MySQL's error numbers.
+_STATEMENT_TIMEOUT_SQLSTATES = frozenset({"57014"})
+_STATEMENT_TIMEOUT_ERRNOS = frozenset({1969, 3024})
+
+
+def is_statement_timeout(error: BaseException) -> bool:
+    """Whether the database cancelled a statement for running too long
+    (a SQLAlchemy error, or the driver's own)."""
+    original = error.orig if isinstance(error, exc.DBAPIError) else error
+    if getattr(original, "sqlstate", None) in _STATEMENT_TIMEOUT_SQLSTATES:
+        return True
+    args: tuple[object, ...] = getattr(original, "args", ())
+    return bool(args) and args[0] in _STATEMENT_TIMEOUT_ERRNOS
 
 
 SchemaState = Literal["current", "behind", "ahead", "unknown"]

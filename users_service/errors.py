@@ -21,8 +21,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from users_service.database import DatabaseUnavailable
-from users_service.db import is_unavailable
+from users_service.database import DatabaseUnavailable, StatementTimeout
+from users_service.db import is_statement_timeout, is_unavailable
 from users_service.jsonio import JSONResponse
 from users_service.request_context import current_request_id
 
@@ -30,6 +30,7 @@ logger = logging.getLogger("users_service.errors")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = 5
+STATEMENT_TIMEOUT_DETAIL = "The database took too long to answer; try again shortly"
 
 
 class ErrorDetail(BaseModel):
@@ -182,6 +183,11 @@ def error_response(error: Exception) -> JSONResponse:
             )
         code, detail = _HTTP_CODES.get(error.status_code, ("http_error", _title(error.status_code)))
         return problem_response(Problem(error.status_code, code, detail, headers=error.headers))
+    if isinstance(error, StatementTimeout) or (
+        isinstance(error, sa_exc.SQLAlchemyError) and is_statement_timeout(error)
+    ):
+        logger.warning("database statement cancelled by DB_STATEMENT_TIMEOUT_MS")
+        return problem_response(service_unavailable(STATEMENT_TIMEOUT_DETAIL))
     if isinstance(error, DatabaseUnavailable) or (
         isinstance(error, sa_exc.SQLAlchemyError) and is_unavailable(error)
     ):

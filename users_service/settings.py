@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     db_max_overflow: Annotated[int, Field(ge=0, le=1000)] = 0
     db_pool_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     db_connect_timeout_seconds: Annotated[int, Field(ge=1, le=300)] = 5
+    # Longest a single statement may run on PostgreSQL / MariaDB before the
+    # database cancels it (the request answers 503); 0 turns the limit off.
+    db_statement_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 10_000
 
     sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.FULL
     sqlite_busy_timeout_ms: Annotated[int, Field(ge=0, le=600_000)] = 10_000
