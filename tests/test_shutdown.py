@@ -174,6 +174,7 @@ def test_sigterm_refuses_new_connections_and_finishes_request_in_flight(
     assert response.json()["name"] == "Amazing Grace"
     assert response.json()["version"] == 2
     assert returncode == 0, server.log()
+    assert "still busy" not in server.log()
     stored = stored_user(url, user["id"])
     assert (stored["name"], stored["version"]) == ("Amazing Grace", 2)
 
