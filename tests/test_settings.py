@@ -147,6 +147,8 @@ def test_environment_variable_names_are_case_insensitive(monkeypatch: pytest.Mon
         ("SQLITE_SYNCHRONOUS", "OFF"),
         ("LOG_LEVEL", "LOUD"),
         ("ENVIRONMENT", "staging"),
+        ("SHUTDOWN_GRACE_SECONDS", "0"),
+        ("SHUTDOWN_GRACE_SECONDS", "2.5"),
     ],
 )
 def test_unparsable_value_is_refused_naming_the_variable(

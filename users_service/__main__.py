@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import signal
 import sys
+import threading
+import time
 from types import FrameType
 
 from users_service.settings import SettingsError, load_settings
@@ -12,6 +16,35 @@ from users_service.settings import SettingsError, load_settings
 
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
+
+
+def _exit_now_if_requests_were_abandoned(grace_seconds: int) -> None:
+    """Exit at once if request threads outlived the shutdown grace period.
+
+    uvicorn cancels the requests still running at the end of the grace
+    period, but a thread blocked in the database (on a lock, say) cannot be
+    cancelled, and the interpreter would wait for it before exiting. Their
+    transactions never committed: the database rolls them back when the
+    process's connections close.
+    """
+    others = [t for t in threading.enumerate() if t is not threading.current_thread()]
+    deadline = time.monotonic() + 1.0  # idle worker threads are on their way out
+    for thread in others:
+        if not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t for t in others if t.is_alive() and not t.daemon]
+    if not stuck:
+        return
+    logging.getLogger("users_service").error(
+        "%d worker thread(s) still busy after the %d s shutdown grace period: "
+        "their requests are abandoned, their transactions rolled back; exiting",
+        len(stuck),
+        grace_seconds,
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,14 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to
     # the handler that was there before it; make that one exit with 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
-        "users_service.main:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.value.lower(),
-        timeout_graceful_shutdown=30,
-    )
+    try:
+        uvicorn.run(
+            "users_service.main:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.value.lower(),
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        )
+    finally:
+        _exit_now_if_requests_were_abandoned(settings.shutdown_grace_seconds)
     return 0
 
 

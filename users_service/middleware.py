@@ -6,11 +6,18 @@ while a body streams into bare 500s.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from users_service.errors import internal_error, payload_too_large, problem_response
+from users_service.errors import (
+    Problem,
+    internal_error,
+    payload_too_large,
+    problem_response,
+    service_unavailable,
+)
 from users_service.request_context import (
     REQUEST_ID_HEADER,
     request_id_from,
@@ -19,6 +26,13 @@ from users_service.request_context import (
 )
 
 logger = logging.getLogger("users_service.requests")
+
+
+def abandoned_at_shutdown() -> Problem:
+    return service_unavailable(
+        "The service shut down before this request finished; whether it took effect "
+        "is unknown: retry it (with the same Idempotency-Key)"
+    )
 
 
 class RequestContextMiddleware:
@@ -47,6 +61,15 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_request_id)
+        except asyncio.CancelledError:
+            # Only the server cancels a request: uvicorn, when it is still
+            # running at the end of SHUTDOWN_GRACE_SECONDS. Say so (rather
+            # than let uvicorn answer a bare 500); the process exits next.
+            logger.error("request abandoned at shutdown [request_id=%s]", request_id)
+            if not response_started:
+                await problem_response(abandoned_at_shutdown())(
+                    scope, receive, send_with_request_id
+                )
         except Exception:
             logger.exception("unhandled error [request_id=%s]", request_id)
             if response_started:

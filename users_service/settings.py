@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     # Largest request body accepted, declared or streamed (413 beyond).
     max_body_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 1024 * 1024
 
+    # On SIGTERM: how long requests in flight may run on before the process
+    # exits without them (see users_service.__main__).
+    shutdown_grace_seconds: Annotated[int, Field(ge=1, le=3600)] = 30
+
     @model_validator(mode="after")
     def _check_production(self) -> Self:
         if self.environment is not Environment.production:
