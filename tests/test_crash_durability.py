@@ -61,7 +61,9 @@ def stored_users(url: str) -> list[dict[str, Any]]:
     engine = create_engine(load_settings(database_url=url).sqlalchemy_url)
     try:
         with engine.connect() as connection:
-            return [to_record(row) for row in connection.execute(select(users))]
+            return [
+                to_record(row.id, dict(row._mapping)) for row in connection.execute(select(users))
+            ]
     finally:
         engine.dispose()
 

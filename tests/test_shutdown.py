@@ -72,9 +72,11 @@ def lock_waiters(backend: str, url: str) -> int:
     queries = {
         "postgresql": "SELECT count(*) FROM pg_stat_activity "
         "WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        "mariadb": "SELECT count(*) FROM information_schema.innodb_trx AS t "
-        "JOIN information_schema.processlist AS p ON p.id = t.trx_mysql_thread_id "
-        "WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()",
+        # The server's statement on the locked row, still running (InnoDB
+        # does not always list it as LOCK WAIT at once).
+        "mariadb": "SELECT count(*) FROM information_schema.processlist "
+        "WHERE db = DATABASE() AND id <> CONNECTION_ID() AND command = 'Query' "
+        "AND info LIKE '%FOR UPDATE%'",
     }
     engine = create_engine(load_settings(database_url=url).sqlalchemy_url)
     try:
@@ -213,7 +215,9 @@ def test_request_running_past_the_grace_period_does_not_keep_the_process_alive(
     problem = assert_problem(response, 503, "service_unavailable")
     assert "shut down" in problem["detail"]
     assert response.headers["retry-after"]
-    assert re.search(r"\d+ worker thread\(s\) still busy after the 1 s shutdown grace", log), log
+    assert "request abandoned at shutdown" in log, log
+    if backend == "mariadb":  # its statements block a worker thread, which cannot be cancelled
+        assert re.search(r"\d+ worker thread\(s\) still busy after the 1 s shutdown grace", log)
     assert "Traceback" not in log, log
     # ...and its transaction never committed.
     stored = stored_user(url, user["id"])

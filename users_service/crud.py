@@ -40,7 +40,7 @@ from sqlalchemy import (
 from users_service.database import Connection, UniqueViolation, compiled
 from users_service.errors import email_taken, user_not_found, version_mismatch
 from users_service.models import User, UserFields, UserListQuery
-from users_service.pagination import SortOrder
+from users_service.pagination import SortOrder, as_utc
 from users_service.preconditions import VersionCondition
 
 users = User.__table__  # type: ignore[attr-defined]
@@ -61,8 +61,8 @@ def to_record(user_id: uuid.UUID | str, values: Mapping[str, Any]) -> UserRecord
         "name": values["name"],
         "email": values["email"],
         "age": values["age"],
-        "created_at": values["created_at"].strftime(TIMESTAMP_FORMAT),
-        "updated_at": values["updated_at"].strftime(TIMESTAMP_FORMAT),
+        "created_at": as_utc(values["created_at"]).strftime(TIMESTAMP_FORMAT),
+        "updated_at": as_utc(values["updated_at"]).strftime(TIMESTAMP_FORMAT),
         "version": values["version"],
     }
 

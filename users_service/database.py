@@ -36,6 +36,7 @@ Driver errors come out as `UniqueViolation` or `DatabaseUnavailable`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import select
 import sqlite3
 import time
@@ -56,6 +57,7 @@ from users_service.db import is_statement_timeout, postgresql_connect_args
 from users_service.settings import Settings
 
 Row = tuple[Any, ...]
+logger = logging.getLogger("users_service.database")
 
 
 class UniqueViolation(Exception):
@@ -219,6 +221,7 @@ class _ThreadedConnection:
     ) -> None:
         self.raw = raw
         self.dialect = dialect
+        self.abandoned = False
         self._integrity = integrity
         self._unavailable = unavailable
         self.failed = False
@@ -239,7 +242,16 @@ class _ThreadedConnection:
         self, statement: Statement, values: Any, many: bool = False
     ) -> tuple[list[Row], int]:
         try:
-            return await anyio.to_thread.run_sync(self._call, statement, values, many)
+            return await anyio.to_thread.run_sync(
+                self._call, statement, values, many, abandon_on_cancel=True
+            )
+        except anyio.get_cancelled_exc_class():
+            # The request was cancelled (a shutdown's grace ran out) with the
+            # statement still running on its thread: the connection is that
+            # thread's until it returns, so it must never be used again, and
+            # the statement is cancelled (see _release_threaded).
+            self.failed = self.abandoned = True
+            raise
         except self._integrity as error:
             raise UniqueViolation(str(error)) from None
         except self._unavailable as error:
@@ -260,6 +272,19 @@ class _ThreadedConnection:
 
     async def run_many(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
         await self._run(statement, rows, many=True)
+
+
+async def _release_threaded(fairy: Any, connection: _ThreadedConnection) -> None:
+    """Give a pooled connection back: rolled back, or (failed) discarded.
+
+    A failed connection may still be in use by a statement whose request was
+    cancelled: it is closed here, never rolled back from a second thread.
+    """
+    if connection.failed:
+        fairy.invalidate()
+        fairy.close()
+    else:
+        await anyio.to_thread.run_sync(fairy.close)  # rolls back what is open
 
 
 class SQLiteDatabase(Database):
@@ -301,15 +326,18 @@ class SQLiteDatabase(Database):
             yield self._reader
             return
         fairy = await anyio.to_thread.run_sync(self.engine.raw_connection)
+        connection = _ThreadedConnection(
+            fairy.driver_connection,
+            self.dialect,
+            sqlite3.IntegrityError,
+            (sqlite3.OperationalError,),
+        )
         try:
-            yield _ThreadedConnection(
-                fairy.driver_connection,
-                self.dialect,
-                sqlite3.IntegrityError,
-                (sqlite3.OperationalError,),
-            )
+            yield connection
         finally:
-            await anyio.to_thread.run_sync(fairy.close)
+            if connection.abandoned:
+                connection.raw.interrupt()
+            await _release_threaded(fairy, connection)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -509,21 +537,106 @@ _MYSQL_UNAVAILABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
 
 
 class MySQLDatabase(Database):
+    """PyMySQL connections in a pool of our own, each statement on a thread.
+
+    The connections are made by the SQLAlchemy engine (its connect options
+    and hooks) and then detached from its pool: a connection here is only
+    ever touched by the thread running its statement, never reset from
+    another (SQLAlchemy's pool would roll back a connection it finds
+    unreferenced, on whatever thread that happens).
+    """
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        super().__init__(engine, settings)
+        self._size = settings.db_pool_size + settings.db_max_overflow
+        self._acquire_timeout = settings.db_pool_timeout_seconds
+        self._idle: deque[Any] = deque()  # detached pool fairies
+        self._slots: asyncio.Semaphore | None = None
+
+    async def start(self) -> None:
+        self._slots = asyncio.Semaphore(self._size)
+
+    async def close(self) -> None:
+        while self._idle:
+            await anyio.to_thread.run_sync(self._idle.pop().close)
+
+    def _new_connection(self) -> Any:
+        fairy = self.engine.raw_connection()
+        fairy.detach()
+        return fairy
+
+    def _checked(self, fairy: Any) -> bool:
+        """Whether an idle connection still answers (one round trip)."""
+        try:
+            fairy.dbapi_connection.ping(reconnect=False)
+            return True
+        except Exception:
+            fairy.close()
+            return False
+
+    async def _acquire(self) -> Any:
+        slots = self._slots
+        assert slots is not None, "Database.start() was not called"
+        try:
+            await asyncio.wait_for(slots.acquire(), self._acquire_timeout)
+        except TimeoutError:
+            raise DatabaseUnavailable("no database connection free") from None
+        try:
+            while self._idle:
+                fairy = self._idle.pop()
+                if await anyio.to_thread.run_sync(self._checked, fairy):
+                    return fairy
+            return await anyio.to_thread.run_sync(self._new_connection)
+        except BaseException as error:
+            slots.release()
+            if isinstance(error, Exception):
+                raise unavailable(error) from error
+            raise
+
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[_ThreadedConnection]:
-        try:
-            fairy = await anyio.to_thread.run_sync(self.engine.raw_connection)
-        except Exception as error:
-            raise unavailable(error) from error
+        fairy = await self._acquire()
         connection = _ThreadedConnection(
-            fairy.driver_connection, self.dialect, pymysql.err.IntegrityError, _MYSQL_UNAVAILABLE
+            fairy.dbapi_connection, self.dialect, pymysql.err.IntegrityError, _MYSQL_UNAVAILABLE
         )
         try:
             yield connection
         finally:
-            if connection.failed:
-                fairy.invalidate()
-            await anyio.to_thread.run_sync(fairy.close)  # rolls back what is open
+            with anyio.CancelScope(shield=True):
+                await self._release(fairy, connection)
+
+    async def _release(self, fairy: Any, connection: _ThreadedConnection) -> None:
+        assert self._slots is not None
+        try:
+            if connection.abandoned:
+                # Its thread still waits on the server: end the server side,
+                # and leave the connection to that thread.
+                await self._kill(fairy.dbapi_connection.thread_id())
+            elif connection.failed:
+                await anyio.to_thread.run_sync(fairy.close)
+            else:
+                await anyio.to_thread.run_sync(connection.raw.rollback)
+                self._idle.append(fairy)
+        except Exception:
+            logger.warning("could not release a database connection", exc_info=True)
+        finally:
+            self._slots.release()
+
+    async def _kill(self, thread_id: int) -> None:
+        """End a server connection whose statement was abandoned (its request
+        was cancelled): the statement stops, its transaction rolls back, and
+        the thread waiting on it returns."""
+
+        def kill() -> None:
+            killer = self.engine.raw_connection()
+            try:
+                cursor = killer.cursor()
+                cursor.execute(f"KILL {int(thread_id)}")
+                cursor.close()
+            finally:
+                killer.close()
+
+        await anyio.to_thread.run_sync(kill)
 
     @asynccontextmanager
     async def read(self, *, heavy: bool = False) -> AsyncIterator[Connection]:
