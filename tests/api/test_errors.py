@@ -219,6 +219,8 @@ def test_wrong_method_is_method_not_allowed(client: TestClient, method: str, pat
         ("OPTIONS", "/users", "GET, HEAD, POST"),
         ("POST", "/users/{id}", "DELETE, GET, HEAD, PATCH, PUT"),
         ("OPTIONS", "/users/{id}", "DELETE, GET, HEAD, PATCH, PUT"),
+        ("GET", "/users/batch", "POST"),
+        ("PUT", "/users/batch", "POST"),
     ],
 )
 def test_method_not_allowed_lists_every_method_of_the_path(

@@ -9,6 +9,7 @@ from fastapi.security import HTTPBearer
 
 from users_service import crud
 from users_service.api.deps import (
+    USER_PATH,
     CursorCodecDep,
     IdempotentAnswerDep,
     IfMatchDep,
@@ -155,7 +156,7 @@ def list_users(
 
 
 @router.get(
-    "/{user_id}",
+    USER_PATH,
     response_model=UserPublic,
     operation_id="get_user",
     responses={
@@ -177,7 +178,7 @@ def get_user(user_id: UserIdDep, session: SessionDep, if_none_match: IfNoneMatch
 
 
 @router.put(
-    "/{user_id}",
+    USER_PATH,
     response_model=UserPublic,
     operation_id="replace_user",
     responses={
@@ -195,7 +196,7 @@ def replace_user(
 
 
 @router.patch(
-    "/{user_id}",
+    USER_PATH,
     response_model=UserPublic,
     operation_id="update_user",
     responses={
@@ -221,7 +222,7 @@ def update_user(
 
 
 @router.delete(
-    "/{user_id}",
+    USER_PATH,
     status_code=status.HTTP_204_NO_CONTENT,
     operation_id="delete_user",
     responses=problem_responses(401, 403, 404, 412, 422, 503),
