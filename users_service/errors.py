@@ -11,7 +11,9 @@ ever copies an exception's text, SQL or a driver's message into an answer.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from http import HTTPStatus
 from typing import Any
 
@@ -206,7 +208,42 @@ def _clean_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return cleaned
 
 
-async def _on_error(_request: Request, error: Exception) -> JSONResponse:
+_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
+@lru_cache(maxsize=64)
+def _template_pattern(template: str) -> re.Pattern[str]:
+    return re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)))
+
+
+def allowed_methods(request: Request) -> str | None:
+    """The methods the OpenAPI document lists for the request's path, for `Allow`.
+
+    As in OpenAPI, a concrete path (`/users/batch`) wins over a template
+    that also matches it (`/users/{user_id}`).
+    """
+    paths: dict[str, dict[str, Any]] = request.app.openapi()["paths"]
+    path = request.url.path
+    if path in paths:
+        found = set(paths[path])
+    else:
+        found = set()
+        for template, item in paths.items():
+            if "{" in template and _template_pattern(template).fullmatch(path):
+                found |= set(item)
+    methods = {method.upper() for method in found & _METHODS}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods)) or None
+
+
+async def _on_error(request: Request, error: Exception) -> JSONResponse:
+    if isinstance(error, StarletteHTTPException) and error.status_code == 405:
+        # Starlette's 405 names only the methods of the first route at the
+        # path; each method of /users/{user_id} is a route of its own.
+        allow = allowed_methods(request)
+        if allow is not None:
+            error = StarletteHTTPException(405, headers={"Allow": allow})
     return error_response(error)
 
 

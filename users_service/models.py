@@ -8,6 +8,7 @@ from a validated `UserCreate` / `UserReplace` / `UserUpdate`.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 import uuid
 from datetime import UTC, datetime
@@ -228,6 +229,9 @@ class UserPage(SQLModel):
     total: int | None = Field(default=None, description="Present only with include_total=true.")
 
 
+# What an ISO 8601 date-time starts with (YYYY-MM-DD).
+ISO_DATE_START = re.compile(r"\d{4}-\d{2}-\d{2}")
+
 SortValue = Literal["created_at", "-created_at", "name", "-name", "email", "-email", "age", "-age"]
 
 
@@ -282,6 +286,14 @@ class UserListQuery(SQLModel):
     @classmethod
     def _check_name(cls, value: str | None) -> str | None:
         return None if value is None else check_name(value)
+
+    @field_validator("created_after", "created_before", mode="before")
+    @classmethod
+    def _iso_8601_only(cls, value: object) -> object:
+        # pydantic would read "2026" or "0.5" as seconds since 1970.
+        if isinstance(value, str) and not ISO_DATE_START.match(value):
+            raise ValueError("must be an ISO 8601 date-time, e.g. 2026-11-27T15:49:01Z")
+        return value
 
     @field_validator("created_after", "created_before")
     @classmethod

@@ -212,6 +212,26 @@ def test_wrong_method_is_method_not_allowed(client: TestClient, method: str, pat
     assert method not in response.headers["allow"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/users", "GET, HEAD, POST"),
+        ("OPTIONS", "/users", "GET, HEAD, POST"),
+        ("POST", "/users/{id}", "DELETE, GET, HEAD, PATCH, PUT"),
+        ("OPTIONS", "/users/{id}", "DELETE, GET, HEAD, PATCH, PUT"),
+        ("GET", "/users/batch", "POST"),
+        ("PUT", "/users/batch", "POST"),
+    ],
+)
+def test_method_not_allowed_lists_every_method_of_the_path(
+    client: TestClient, method: str, path: str, allowed: str
+) -> None:
+    user = create_ada(client)
+    response = client.request(method, path.format(id=user["id"]))
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == allowed
+
+
 def unknown_id() -> str:
     return str(uuid.uuid4())
 

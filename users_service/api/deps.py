@@ -10,6 +10,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request, Response
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from users_service import idempotency
 from users_service.database import Connection, Database
@@ -21,6 +22,22 @@ from users_service.preconditions import (
 )
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
+class UserIdSegment(StringConvertor):
+    """The `{user_id}` of /users/{user_id}: any segment but `batch`.
+
+    /users/batch is a resource of its own, so `PUT /users/batch` is 405 (it
+    takes only POST) rather than 422 about a malformed id. Any other segment
+    reaches the route, whose validation answers 422 when it is not a UUID.
+    """
+
+    regex = "(?!batch$)[^/]+"
+
+
+register_url_convertor("user_id", UserIdSegment())
+# The path of one user's routes, with the convertor above.
+USER_PATH = "/{user_id:user_id}"
 
 
 async def get_database(request: Request) -> Database:

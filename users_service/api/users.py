@@ -10,6 +10,7 @@ from fastapi.security import HTTPBearer
 
 from users_service import crud
 from users_service.api.deps import (
+    USER_PATH,
     CursorCodecDep,
     DatabaseDep,
     IdempotentAnswerDep,
@@ -158,7 +159,7 @@ async def list_users(
 
 
 @router.get(
-    "/{user_id}",
+    USER_PATH,
     response_model=UserPublic,
     operation_id="get_user",
     responses={
@@ -182,7 +183,7 @@ async def get_user(
 
 
 @router.put(
-    "/{user_id}",
+    USER_PATH,
     response_model=UserPublic,
     operation_id="replace_user",
     responses={
@@ -201,7 +202,7 @@ async def replace_user(
 
 
 @router.patch(
-    "/{user_id}",
+    USER_PATH,
     response_model=UserPublic,
     operation_id="update_user",
     responses={
@@ -228,7 +229,7 @@ async def update_user(
 
 
 @router.delete(
-    "/{user_id}",
+    USER_PATH,
     status_code=status.HTTP_204_NO_CONTENT,
     operation_id="delete_user",
     responses=problem_responses(401, 403, 404, 412, 422, 503),
