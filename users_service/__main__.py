@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -95,6 +96,15 @@ def _add_transfer_commands(commands: argparse._SubParsersAction[argparse.Argumen
         "--rejects", type=Path, help="where rejected rows go (default: FILE.rejects.<ext>)"
     )
     load.add_argument("--batch-size", type=_batch_size, default=5_000, help="rows per transaction")
+    load.add_argument(
+        "--workers",
+        type=int,
+        choices=range(9),
+        default=min(os.cpu_count() or 1, 4),
+        metavar="N",
+        help="processes that check rows, besides the one that writes (0-8; default: the CPUs, "
+        "at most 4)",
+    )
     load.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     dump = commands.add_parser("export", help="write every user as JSON Lines or CSV, streamed")
     dump.add_argument("--format", choices=formats, default="jsonl")
@@ -119,6 +129,7 @@ def _transfer(args: argparse.Namespace, settings: Settings) -> int:
                 fmt=args.format,
                 rejects_path=args.rejects,
                 batch_size=args.batch_size,
+                workers=args.workers,
                 progress=not args.no_progress,
             )
             print(summary)

@@ -150,9 +150,14 @@ def _insert_rows(connection: Connection, batch: list[dict[str, Any]]) -> None:
     connection.execute(insert(users), batch)
 
 
-def copy_rows(connection: Connection, batch: list[dict[str, Any]], table: str = "users") -> None:
-    """PostgreSQL: the rows into `table` (which has the users' columns) by COPY."""
+def copy_rows(
+    connection: Connection,
+    batch: list[dict[str, Any]],
+    table: str = "users",
+    columns: tuple[str, ...] = COLUMNS,
+) -> None:
+    """PostgreSQL: the rows' `columns` into `table` by COPY."""
     cursor = connection.connection.cursor()
-    with cursor.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
         for row in batch:
-            copy.write_row(tuple(row[column] for column in COLUMNS))
+            copy.write_row(tuple(row[column] for column in columns))

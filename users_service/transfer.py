@@ -5,9 +5,10 @@ row with the API's own rules (`UserCreate`), and writes the rows in batches,
 one transaction each. Collisions are refused by the database's unique
 indexes (no check-then-insert): a row whose email (or id) is taken is
 either already present (the same user: same email, name and age, and the
-same id when the row has one) or rejected. Emails repeated within the file
-are recognised through a temporary table of the run's emails and ids, so
-the client's memory does not grow with the file.
+same id when the row has one) or rejected. Each batch goes first into a
+temporary table of the run's rows (by COPY on PostgreSQL), which is how
+emails repeated within the file are recognised without the client's memory
+growing with the file, then into users with one INSERT ... SELECT.
 
 Export walks the users by key, (created_at, id) after the last row written,
 one bounded page per statement (never OFFSET, never the whole table), inside
@@ -17,11 +18,14 @@ one read transaction, and writes what import reads back.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,8 +40,8 @@ from sqlalchemy import (
     Connection,
     Engine,
     Insert,
+    Integer,
     MetaData,
-    String,
     Table,
     func,
     insert,
@@ -51,11 +55,9 @@ from tqdm import tqdm
 from users_service.crud import to_record
 from users_service.db import WRITE_OPTION
 from users_service.models import (
-    EMAIL_MAX_LENGTH,
     MYSQL_TABLE_OPTIONS,
     User,
     UserCreate,
-    UserIdType,
 )
 from users_service.pagination import SortOrder
 from users_service.seed import bulk_load_settings, copy_rows
@@ -125,7 +127,7 @@ class Candidate:
     """A valid row, ready to insert."""
 
     line: int
-    values: dict[str, Any]  # a row of the users table
+    values: dict[str, Any]  # a row of the users table, and its "line"
     has_id: bool  # whether the id came from the file
     raw: Any
 
@@ -226,6 +228,7 @@ class Source:
             text = (line.decode("utf-8", "surrogateescape") for line in lines)
             self._reader = csv.reader(text)
             self.columns = self._read_header()
+        self._optional = [name for name in self.columns if name in OPTIONAL_COLUMNS]
         self._lines = lines
 
     def _read_header(self) -> list[str]:
@@ -251,24 +254,48 @@ class Source:
             )
         return columns
 
-    def __iter__(self) -> Iterator[Candidate | Reject]:
+    def rows(self, *, workers: int = 0) -> Iterator[Candidate | Reject]:
+        """Every row, checked, in file order.
+
+        With `workers`, rows are checked in that many other processes
+        (checking an email costs more than writing the row), a few chunks
+        at a time: memory stays bounded however long the file is.
+        """
         records = self._csv_records() if self.fmt == "csv" else self._json_records()
-        for line, fields, raw in records:
+        chunks = _chunks(records, CHECK_CHUNK_SIZE)
+        if workers == 0:
+            for chunk in chunks:
+                yield from self._merge(chunk, check_records(self.fmt, self.started, chunk))
+            return
+        with ProcessPoolExecutor(workers, initializer=_worker_started) as pool:
+            pending: deque[tuple[list[Record], Future[list[Checked]]]] = deque()
+            for chunk in chunks:
+                wellformed: list[Record] = [
+                    (line, fields, None) for line, fields, _ in chunk if fields is not None
+                ]
+                future = pool.submit(_check_in_worker, self.fmt, self.started, wellformed)
+                pending.append((chunk, future))
+                if len(pending) > 2 * workers:
+                    chunk, future = pending.popleft()
+                    yield from self._merge(chunk, future.result())
+            while pending:
+                chunk, future = pending.popleft()
+                yield from self._merge(chunk, future.result())
+
+    @staticmethod
+    def _merge(chunk: list[Record], checked: list[Checked]) -> Iterator[Candidate | Reject]:
+        results = iter(checked)
+        for line, fields, raw in chunk:
             if fields is None:
                 yield Reject(line, "malformed", raw[1], raw[0])
                 continue
-            # One microsecond apart: listing by created_at keeps the file's order.
-            default_created_at = self.started + timedelta(microseconds=line)
-            try:
-                values, has_id = check_row(
-                    fields, from_text=self.fmt == "csv", default_created_at=default_created_at
-                )
-            except RowError as error:
-                yield Reject(line, error.code, error.reason, raw)
-                continue
-            yield Candidate(line, values, has_id, raw)
+            _line, outcome, detail = next(results)
+            if isinstance(outcome, str):
+                yield Reject(line, outcome, str(detail), raw)
+            else:
+                yield Candidate(line, outcome, bool(detail), raw)
 
-    def _csv_records(self) -> Iterator[tuple[int, dict[str, Any] | None, Any]]:
+    def _csv_records(self) -> Iterator[Record]:
         width = len(self.columns)
         while True:
             line = self._reader.line_num + 1
@@ -284,15 +311,13 @@ class Source:
             if len(cells) != width:
                 yield line, None, (cells, f"expected {width} fields, found {len(cells)}")
                 continue
-            # An empty optional cell means the value is absent.
-            fields = {
-                name: cell
-                for name, cell in zip(self.columns, cells, strict=True)
-                if cell or name in REQUIRED_COLUMNS
-            }
+            fields = dict(zip(self.columns, cells, strict=True))
+            for name in self._optional:
+                if not fields[name]:
+                    del fields[name]  # an empty optional cell: the value is absent
             yield line, fields, cells
 
-    def _json_records(self) -> Iterator[tuple[int, dict[str, Any] | None, Any]]:
+    def _json_records(self) -> Iterator[Record]:
         for line, data in enumerate(self._lines, 1):
             if not data.strip():
                 continue
@@ -306,6 +331,71 @@ class Source:
                 yield line, None, (value, "must be a JSON object")
                 continue
             yield line, value, value
+
+
+# (line, the row's fields or None when malformed, the row as read)
+Record = tuple[int, dict[str, Any] | None, Any]
+# (line, a users row and whether it named its id) or (line, code, reason)
+Checked = tuple[int, dict[str, Any] | str, bool | str]
+CHECK_CHUNK_SIZE = 1_000
+
+
+def check_records(fmt: Format, started: datetime, records: list[Record]) -> list[Checked]:
+    """Check the well-formed records (run in a worker process, or in this one)."""
+    checked: list[Checked] = []
+    for line, fields, _raw in records:
+        if fields is None:
+            continue
+        # One microsecond apart: listing by created_at keeps the file's order.
+        default_created_at = started + timedelta(microseconds=line)
+        try:
+            values, has_id = check_row(
+                fields, from_text=fmt == "csv", default_created_at=default_created_at
+            )
+        except RowError as error:
+            checked.append((line, error.code, error.reason))
+        else:
+            values["line"] = line
+            checked.append((line, values, has_id))
+    return checked
+
+
+def _worker_started() -> None:
+    gc.freeze()
+    gc.disable()  # see _collect_once_per_batch
+
+
+def _check_in_worker(fmt: Format, started: datetime, records: list[Record]) -> list[Checked]:
+    checked = check_records(fmt, started, records)
+    gc.collect()
+    return checked
+
+
+@contextmanager
+def _collect_once_per_batch() -> Iterator[None]:
+    """Run the cyclic garbage collector once per batch (the caller's
+    gc.collect()), not every 700 allocations: an import allocates millions
+    of objects, which reference counting frees, and each automatic pass
+    would scan all of the batch's (and, without freezing them, every module's).
+    """
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
+    chunk: list[Record] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 class RejectWriter:
@@ -336,29 +426,24 @@ class RejectWriter:
 
 # --- writing batches ------------------------------------------------------
 
-# The run's own emails and ids, with the line that brought them: how a
-# later row with the same email is told apart from a user that was there
-# before. Temporary: private to the connection, gone when it closes.
+# The run's rows, keyed by their line: how a later row with the same email
+# (or id) is told apart from a user that was there before, and where each
+# batch is inserted into users from, in one INSERT ... SELECT. Temporary:
+# private to the connection, gone when it closes.
 _ledger_metadata = MetaData()
 ledger = Table(
     "users_import_ledger",
     _ledger_metadata,
-    Column("email", String(EMAIL_MAX_LENGTH), primary_key=True),
-    Column("id", UserIdType, nullable=True, unique=True),
-    Column("line", BigInteger, nullable=False),
+    # INTEGER PRIMARY KEY is SQLite's rowid: lines are appended in order.
+    Column("line", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    *(
+        Column(name, users.c[name].type, unique=name in ("id", "email"), nullable=False)
+        for name in COLUMNS
+    ),
     prefixes=["TEMPORARY"],
     **cast(dict[str, Any], MYSQL_TABLE_OPTIONS),
 )
-
-# PostgreSQL's fast path: COPY a batch into this table, then insert it.
-_staging_metadata = MetaData()
-staging = Table(
-    "users_import_staging",
-    _staging_metadata,
-    *(Column(column.name, column.type) for column in users.columns),
-    prefixes=["TEMPORARY"],
-    postgresql_on_commit="DELETE ROWS",
-)
+LEDGER_COLUMNS = ("line", *COLUMNS)
 
 
 @dataclass
@@ -374,15 +459,13 @@ def write_batch(*, connection: Connection, batch: list[Candidate]) -> BatchResul
     kept = _drop_repeated_rows(connection=connection, batch=batch, rejects=rejects)
     if not kept:
         return BatchResult(0, 0, rejects)
-    connection.execute(
-        insert(ledger),
-        [
-            {"email": c.values["email"], "id": c.values["id"] if c.has_id else None, "line": c.line}
-            for c in kept
-        ],
-    )
-    inserted = insert_new_users(connection=connection, rows=[c.values for c in kept])
-    collided = [c for c in kept if c.values["id"] not in inserted]
+    rows = [c.values for c in kept]  # with their "line"
+    if connection.dialect.name == "postgresql":
+        copy_rows(connection, rows, table=ledger.name, columns=LEDGER_COLUMNS)
+    else:
+        connection.execute(insert(ledger), rows)
+    inserted = insert_new_users(connection=connection, lines=(kept[0].line, kept[-1].line))
+    collided = [c for c in kept if c.values["email"] not in inserted]
     present = _sort_out_collisions(connection=connection, collided=collided, rejects=rejects)
     return BatchResult(len(kept) - len(collided), present, rejects)
 
@@ -390,7 +473,10 @@ def write_batch(*, connection: Connection, batch: list[Candidate]) -> BatchResul
 def _drop_repeated_rows(
     *, connection: Connection, batch: list[Candidate], rejects: list[Reject]
 ) -> list[Candidate]:
-    """The rows whose email (and id) no earlier row of the file had."""
+    """The rows whose email (and id) no earlier row of the file had.
+
+    Only this connection writes the ledger, so looking first is exact.
+    """
     emails = [c.values["email"] for c in batch]
     ids = [c.values["id"] for c in batch if c.has_id]
     first_email: dict[str, int] = {
@@ -416,37 +502,34 @@ def _drop_repeated_rows(
             reason = f"the same id as line {first_id[user_id]}"
         else:
             first_email[email] = candidate.line
-            if candidate.has_id:
-                first_id[user_id] = candidate.line
+            first_id[user_id] = candidate.line
             kept.append(candidate)
             continue
         rejects.append(Reject(candidate.line, "duplicate_in_file", reason, candidate.raw))
     return kept
 
 
-def insert_new_users(*, connection: Connection, rows: list[dict[str, Any]]) -> set[uuid.UUID]:
-    """Insert the rows whose email and id are free; returns the ids inserted.
+def insert_new_users(*, connection: Connection, lines: tuple[int, int]) -> set[str]:
+    """Insert the ledger's rows of `lines` (first, last) whose email and id
+    are free, in line order; returns the emails inserted.
 
     The unique indexes decide: PostgreSQL and SQLite skip a colliding row
     (ON CONFLICT DO NOTHING), MariaDB/MySQL too (INSERT IGNORE; the rows
     are valid, so a duplicate key is the only thing it can ignore).
-    PostgreSQL COPYs the batch into a temporary table first.
     """
-    dialect = connection.dialect.name
+    rows = (
+        select(*(ledger.c[name] for name in COLUMNS))
+        .where(ledger.c.line.between(*lines))
+        .order_by(ledger.c.line)
+    )
     statement: Insert
-    if dialect == "postgresql":
-        copy_rows(connection, rows, table=staging.name)
-        statement = (
-            postgresql.insert(users)
-            .from_select(COLUMNS, select(*(staging.c[name] for name in COLUMNS)))
-            .on_conflict_do_nothing()
-        )
-        return set(connection.execute(statement.returning(users.c.id)).scalars())
-    if dialect == "sqlite":
-        statement = sqlite.insert(users).on_conflict_do_nothing()
+    if connection.dialect.name == "postgresql":
+        statement = postgresql.insert(users).from_select(COLUMNS, rows).on_conflict_do_nothing()
+    elif connection.dialect.name == "sqlite":
+        statement = sqlite.insert(users).from_select(COLUMNS, rows).on_conflict_do_nothing()
     else:
-        statement = insert(users).prefix_with("IGNORE")
-    return set(connection.execute(statement.returning(users.c.id), rows).scalars())
+        statement = insert(users).prefix_with("IGNORE").from_select(COLUMNS, rows)
+    return set(connection.execute(statement.returning(users.c.email)).scalars())
 
 
 def _sort_out_collisions(
@@ -532,34 +615,36 @@ def import_rows(
         summary.rejected += len(refused)
         batch.clear()
         refused.clear()
+        gc.collect()
 
-    for row in rows:
-        if isinstance(row, Reject):
-            refused.append(row)
-        else:
-            batch.append(row)
-        if len(batch) + len(refused) >= batch_size:
-            flush()
-    flush()
+    with _collect_once_per_batch():
+        for row in rows:
+            if isinstance(row, Reject):
+                refused.append(row)
+            else:
+                batch.append(row)
+            if len(batch) + len(refused) >= batch_size:
+                flush()
+        flush()
     return summary
 
 
 @contextmanager
-def _import_tables(connection: Connection) -> Iterator[None]:
-    """The ledger (and on PostgreSQL the staging table) for one run."""
-    tables = [ledger, staging] if connection.dialect.name == "postgresql" else [ledger]
+def _ledger_table(connection: Connection) -> Iterator[None]:
+    """The ledger, for one run. On SQLite it lives in the temporary database,
+    whose page cache is 2 MiB unless asked: give it the bulk load's 256 MiB."""
     with connection.begin():
-        for table in tables:
-            connection.execute(DropTable(table, if_exists=True))
-            table.create(connection)
+        connection.execute(DropTable(ledger, if_exists=True))
+        ledger.create(connection)
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("PRAGMA temp.cache_size=-262144")
     try:
         yield
     finally:
         if connection.in_transaction():
             connection.rollback()
         with connection.begin():
-            for table in tables:
-                connection.execute(DropTable(table, if_exists=True))
+            connection.execute(DropTable(ledger, if_exists=True))
 
 
 def import_file(
@@ -569,6 +654,7 @@ def import_file(
     fmt: Format | None = None,
     rejects_path: Path | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = 0,
     progress: bool = True,
 ) -> tuple[ImportSummary, Path]:
     """Import `path` into the database; returns the summary and where rejects went."""
@@ -591,10 +677,10 @@ def import_file(
             engine.connect() as connection,
         ):
             connection.execution_options(**{WRITE_OPTION: True})
-            with bulk_load_settings(connection, synchronous="NORMAL"), _import_tables(connection):
+            with bulk_load_settings(connection, synchronous="NORMAL"), _ledger_table(connection):
                 summary = import_rows(
                     connection=connection,
-                    rows=source,
+                    rows=source.rows(workers=workers),
                     rejects=RejectWriter(out, fmt, source.columns),
                     batch_size=batch_size,
                 )
