@@ -290,7 +290,7 @@ def test_export_reads_one_bounded_page_per_statement_by_key(client, app):
     assert len(pages) == 3  # 10 + 10 + 5
     for number, page in enumerate(pages):
         assert "OFFSET" not in page
-        assert page.endswith("LIMIT ?") or page.endswith("LIMIT %S")
+        assert re.search(r" LIMIT \S+$", page)  # one bound parameter: the page size
         assert re.search(r"ORDER BY USERS\.CREATED_AT( ASC)?, USERS\.ID( ASC)? LIMIT", page)
         assert ("WHERE" in page) == (number > 0)  # after the first page: after its last key
 
