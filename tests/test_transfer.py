@@ -157,6 +157,14 @@ def test_jsonl_import_applies_the_api_rules_strictly_and_reports_malformed_lines
     assert {u["email"] for u in listing(client)} == {"ada@example.com", "edsger@example.com"}
 
 
+def test_a_byte_order_mark_before_the_first_row_is_ignored(client, app, tmp_path):
+    bom = "\ufeff"
+    write(tmp_path / "a.csv", f"{bom}name,email,age\nAda,ada@example.com,36\n")
+    write(tmp_path / "b.jsonl", bom + json.dumps({"name": "Alan", "email": "a@x.io", "age": 41}))
+    assert import_(app, tmp_path / "a.csv")[0].imported == 1
+    assert import_(app, tmp_path / "b.jsonl")[0].imported == 1
+
+
 def test_importing_the_same_file_twice_imports_nothing_twice(client, app, tmp_path):
     source = write(tmp_path / "users.csv", CSV_WITH_MISTAKES)
     import_(app, source)

@@ -319,6 +319,8 @@ class Source:
 
     def _json_records(self) -> Iterator[Record]:
         for line, data in enumerate(self._lines, 1):
+            if line == 1:
+                data = data.removeprefix(b"\xef\xbb\xbf")  # a byte order mark
             if not data.strip():
                 continue
             try:
@@ -632,11 +634,13 @@ def import_rows(
 @contextmanager
 def _ledger_table(connection: Connection) -> Iterator[None]:
     """The ledger, for one run. On SQLite it lives in the temporary database,
-    whose page cache is 2 MiB unless asked: give it the bulk load's 256 MiB."""
+    whose page cache is 2 MiB unless asked: it gets 256 MiB for the run."""
+    sqlite = connection.dialect.name == "sqlite"
     with connection.begin():
         connection.execute(DropTable(ledger, if_exists=True))
         ledger.create(connection)
-        if connection.dialect.name == "sqlite":
+        if sqlite:
+            cache_size = int(connection.exec_driver_sql("PRAGMA temp.cache_size").scalar_one())
             connection.exec_driver_sql("PRAGMA temp.cache_size=-262144")
     try:
         yield
@@ -645,6 +649,8 @@ def _ledger_table(connection: Connection) -> Iterator[None]:
             connection.rollback()
         with connection.begin():
             connection.execute(DropTable(ledger, if_exists=True))
+            if sqlite:
+                connection.exec_driver_sql(f"PRAGMA temp.cache_size={cache_size}")
 
 
 def import_file(
