@@ -330,11 +330,11 @@ def test_import_memory_does_not_grow_with_the_file(client, app, tmp_path):
         rows = "".join(f"User {n},{tag}{n}@example.com,{n % 150}\n" for n in range(count))
         return write(tmp_path / f"{tag}.csv", "name,email,age\n" + rows)
 
-    small_file, large_file = make(1_000, "small"), make(4_000, "large")
+    small_file, large_file = make(2_000, "small"), make(8_000, "large")
     import_(app, make(300, "warm"), batch_size=200)  # warm the statement caches
     small = _peak_bytes(lambda: import_(app, small_file, batch_size=200))
     large = _peak_bytes(lambda: import_(app, large_file, batch_size=200))
-    assert user_count(client) == 5_300
+    assert user_count(client) == 10_300
     assert large < small * 1.5, (small, large)
 
 

@@ -24,11 +24,12 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import IO, Any, Literal, cast
 
@@ -39,6 +40,7 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
+    Index,
     Insert,
     Integer,
     MetaData,
@@ -130,6 +132,8 @@ class Candidate:
     values: dict[str, Any]  # a row of the users table, and its "line"
     has_id: bool  # whether the id came from the file
     raw: Any
+    # SQLite: the ledger row, ready for the driver (see sqlite_ledger_params)
+    params: tuple[Any, ...] | None = None
 
 
 class RowError(ValueError):
@@ -220,9 +224,12 @@ def _lines(stream: IO[bytes], bar: tqdm[Any]) -> Iterator[bytes]:
 class Source:
     """The rows of one file, read a line at a time."""
 
-    def __init__(self, lines: Iterator[bytes], fmt: Format, started: datetime) -> None:
+    def __init__(
+        self, lines: Iterator[bytes], fmt: Format, started: datetime, dialect: str
+    ) -> None:
         self.fmt = fmt
         self.started = started
+        self.dialect = dialect
         self.columns: list[str] = []
         if fmt == "csv":
             text = (line.decode("utf-8", "surrogateescape") for line in lines)
@@ -265,7 +272,8 @@ class Source:
         chunks = _chunks(records, CHECK_CHUNK_SIZE)
         if workers == 0:
             for chunk in chunks:
-                yield from self._merge(chunk, check_records(self.fmt, self.started, chunk))
+                checked = check_records(self.fmt, self.started, chunk, self.dialect)
+                yield from self._merge(chunk, checked)
             return
         with ProcessPoolExecutor(workers, initializer=_worker_started) as pool:
             pending: deque[tuple[list[Record], Future[list[Checked]]]] = deque()
@@ -273,7 +281,9 @@ class Source:
                 wellformed: list[Record] = [
                     (line, fields, None) for line, fields, _ in chunk if fields is not None
                 ]
-                future = pool.submit(_check_in_worker, self.fmt, self.started, wellformed)
+                future = pool.submit(
+                    _check_in_worker, self.fmt, self.started, wellformed, self.dialect
+                )
                 pending.append((chunk, future))
                 if len(pending) > 2 * workers:
                     chunk, future = pending.popleft()
@@ -289,11 +299,11 @@ class Source:
             if fields is None:
                 yield Reject(line, "malformed", raw[1], raw[0])
                 continue
-            _line, outcome, detail = next(results)
+            _line, outcome, detail, params = next(results)
             if isinstance(outcome, str):
                 yield Reject(line, outcome, str(detail), raw)
             else:
-                yield Candidate(line, outcome, bool(detail), raw)
+                yield Candidate(line, outcome, bool(detail), raw, params)
 
     def _csv_records(self) -> Iterator[Record]:
         width = len(self.columns)
@@ -338,12 +348,15 @@ class Source:
 # (line, the row's fields or None when malformed, the row as read)
 Record = tuple[int, dict[str, Any] | None, Any]
 # (line, a users row and whether it named its id) or (line, code, reason)
-Checked = tuple[int, dict[str, Any] | str, bool | str]
+Checked = tuple[int, dict[str, Any] | str, bool | str, tuple[Any, ...] | None]
 CHECK_CHUNK_SIZE = 1_000
 
 
-def check_records(fmt: Format, started: datetime, records: list[Record]) -> list[Checked]:
+def check_records(
+    fmt: Format, started: datetime, records: list[Record], dialect: str
+) -> list[Checked]:
     """Check the well-formed records (run in a worker process, or in this one)."""
+    to_params = sqlite_ledger_params() if dialect == "sqlite" else None
     checked: list[Checked] = []
     for line, fields, _raw in records:
         if fields is None:
@@ -355,11 +368,31 @@ def check_records(fmt: Format, started: datetime, records: list[Record]) -> list
                 fields, from_text=fmt == "csv", default_created_at=default_created_at
             )
         except RowError as error:
-            checked.append((line, error.code, error.reason))
+            checked.append((line, error.code, error.reason, None))
         else:
             values["line"] = line
-            checked.append((line, values, has_id))
+            checked.append((line, values, has_id, to_params(values) if to_params else None))
     return checked
+
+
+@cache
+def sqlite_ledger_params() -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A ledger row as SQLite's driver takes it, made by SQLAlchemy's own
+    bind processors (UUIDs as hex, timestamps as text): done where rows
+    are checked, the writing process hands batches to the driver as they are."""
+    dialect = sqlite.dialect()
+    processors = [
+        (name, ledger.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+        for name in _SQLITE_LEDGER_INSERT.positiontup or ()
+    ]
+
+    def params(values: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(
+            values[name] if process is None else process(values[name])
+            for name, process in processors
+        )
+
+    return params
 
 
 def _worker_started() -> None:
@@ -367,8 +400,10 @@ def _worker_started() -> None:
     gc.disable()  # see _collect_once_per_batch
 
 
-def _check_in_worker(fmt: Format, started: datetime, records: list[Record]) -> list[Checked]:
-    checked = check_records(fmt, started, records)
+def _check_in_worker(
+    fmt: Format, started: datetime, records: list[Record], dialect: str
+) -> list[Checked]:
+    checked = check_records(fmt, started, records, dialect)
     gc.collect()
     return checked
 
@@ -438,14 +473,15 @@ ledger = Table(
     _ledger_metadata,
     # INTEGER PRIMARY KEY is SQLite's rowid: lines are appended in order.
     Column("line", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
-    *(
-        Column(name, users.c[name].type, unique=name in ("id", "email"), nullable=False)
-        for name in COLUMNS
-    ),
+    *(Column(name, users.c[name].type, unique=name == "email", nullable=False) for name in COLUMNS),
     prefixes=["TEMPORARY"],
     **cast(dict[str, Any], MYSQL_TABLE_OPTIONS),
 )
+# Made only once a row of the file names its id (most files name none).
+_ledger_id_index = Index("ix_users_import_ledger_id", ledger.c.id)
+ledger.indexes.discard(_ledger_id_index)
 LEDGER_COLUMNS = ("line", *COLUMNS)
+_SQLITE_LEDGER_INSERT = insert(ledger).compile(dialect=sqlite.dialect())
 
 
 @dataclass
@@ -461,11 +497,14 @@ def write_batch(*, connection: Connection, batch: list[Candidate]) -> BatchResul
     kept = _drop_repeated_rows(connection=connection, batch=batch, rejects=rejects)
     if not kept:
         return BatchResult(0, 0, rejects)
-    rows = [c.values for c in kept]  # with their "line"
-    if connection.dialect.name == "postgresql":
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        rows = [c.values for c in kept]  # with their "line"
         copy_rows(connection, rows, table=ledger.name, columns=LEDGER_COLUMNS)
+    elif dialect == "sqlite" and all(c.params for c in kept):
+        connection.exec_driver_sql(str(_SQLITE_LEDGER_INSERT), [c.params for c in kept])
     else:
-        connection.execute(insert(ledger), rows)
+        connection.execute(insert(ledger), [c.values for c in kept])
     inserted = insert_new_users(connection=connection, lines=(kept[0].line, kept[-1].line))
     collided = [c for c in kept if c.values["email"] not in inserted]
     present = _sort_out_collisions(connection=connection, collided=collided, rejects=rejects)
@@ -489,6 +528,9 @@ def _drop_repeated_rows(
     }
     first_id: dict[uuid.UUID, int] = {}
     if ids:
+        if not connection.info.get(_ledger_id_index.name):
+            _ledger_id_index.create(connection)
+            connection.info[_ledger_id_index.name] = True
         first_id = {
             user_id: line
             for user_id, line in connection.execute(
@@ -636,6 +678,7 @@ def _ledger_table(connection: Connection) -> Iterator[None]:
     """The ledger, for one run. On SQLite it lives in the temporary database,
     whose page cache is 2 MiB unless asked: it gets 256 MiB for the run."""
     sqlite = connection.dialect.name == "sqlite"
+    connection.info.pop(_ledger_id_index.name, None)
     with connection.begin():
         connection.execute(DropTable(ledger, if_exists=True))
         ledger.create(connection)
@@ -647,6 +690,7 @@ def _ledger_table(connection: Connection) -> Iterator[None]:
     finally:
         if connection.in_transaction():
             connection.rollback()
+        connection.info.pop(_ledger_id_index.name, None)
         with connection.begin():
             connection.execute(DropTable(ledger, if_exists=True))
             if sqlite:
@@ -677,7 +721,7 @@ def import_file(
             disable=not progress,
         ) as bar,
     ):
-        source = Source(_lines(stream, bar), fmt, datetime.now(UTC))
+        source = Source(_lines(stream, bar), fmt, datetime.now(UTC), engine.dialect.name)
         with (
             rejects_path.open("w", encoding="utf-8", errors="surrogateescape", newline="") as out,
             engine.connect() as connection,
