@@ -95,7 +95,7 @@ def _add_transfer_commands(commands: argparse._SubParsersAction[argparse.Argumen
     load.add_argument(
         "--rejects", type=Path, help="where rejected rows go (default: FILE.rejects.<ext>)"
     )
-    load.add_argument("--batch-size", type=_batch_size, default=5_000, help="rows per transaction")
+    load.add_argument("--batch-size", type=_batch_size, default=10_000, help="rows per transaction")
     load.add_argument(
         "--workers",
         type=int,
@@ -109,7 +109,7 @@ def _add_transfer_commands(commands: argparse._SubParsersAction[argparse.Argumen
     dump = commands.add_parser("export", help="write every user as JSON Lines or CSV, streamed")
     dump.add_argument("--format", choices=formats, default="jsonl")
     dump.add_argument("--output", "-o", type=Path, help="default: standard output")
-    dump.add_argument("--batch-size", type=_batch_size, default=5_000, help="rows per page")
+    dump.add_argument("--batch-size", type=_batch_size, default=10_000, help="rows per page")
     dump.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 

@@ -78,7 +78,7 @@ REJECT_COLUMNS = ("line", "code", "reason")
 # A batch's emails and ids are looked up in one statement each: SQLite allows
 # 32,766 parameters in one.
 BATCH_SIZE_MAX = 10_000
-DEFAULT_BATCH_SIZE = 5_000
+DEFAULT_BATCH_SIZE = 10_000
 VERSION_MAX = 2**31 - 1
 # What every database's timestamp column holds (MariaDB's DATETIME starts at 1000).
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
