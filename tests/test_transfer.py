@@ -389,6 +389,17 @@ def test_the_command_line_imports_and_exports_as_real_processes(
     assert "Traceback" not in done.stderr
 
 
+def test_the_command_line_says_when_the_database_fails_without_a_traceback(tmp_path):
+    source = write(tmp_path / "users.csv", "name,email,age\nAda,ada@example.com,36\n")
+    never_migrated = f"sqlite:///{tmp_path / 'empty.db'}"
+    done = run_cli(
+        [sys.executable, "-m", "users_service", "import", str(source)], never_migrated, REPO_ROOT
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith("users-service: the database failed: no such table: users")
+    assert "Traceback" not in done.stderr
+
+
 def readme_example() -> str:
     readme = (REPO_ROOT / "README.md").read_text()
     section = readme.split("\n## Import and export\n", 1)[1]

@@ -117,6 +117,8 @@ def _transfer(args: argparse.Namespace, settings: Settings) -> int:
     import time
     from contextlib import nullcontext
 
+    from sqlalchemy.exc import DBAPIError
+
     from users_service.db import create_db_engine
     from users_service.transfer import TransferError, export_users, import_file
 
@@ -153,6 +155,10 @@ def _transfer(args: argparse.Namespace, settings: Settings) -> int:
     except (TransferError, OSError) as error:
         print(f"users-service: {error}", file=sys.stderr)
         return 2
+    except DBAPIError as error:
+        # The batches committed so far stay; importing again finishes the job.
+        print(f"users-service: the database failed: {error.orig}", file=sys.stderr)
+        return 1
     finally:
         engine.dispose()
 
