@@ -338,6 +338,17 @@ def test_import_memory_does_not_grow_with_the_file(client, app, tmp_path):
     assert large < small * 1.5, (small, large)
 
 
+def test_format_can_be_named_when_the_extension_does_not_say(client, app, tmp_path):
+    source = write(tmp_path / "export.txt", json.dumps({**ADA, "age": 200}) + "\n")
+    summary, rejects_path = import_(app, source, fmt="jsonl")
+    assert summary.rejected == 1
+    assert rejects_path == tmp_path / "export.txt.rejects.jsonl"
+    custom = tmp_path / "elsewhere" / "bad.jsonl"
+    custom.parent.mkdir()
+    assert import_(app, source, fmt="jsonl", rejects_path=custom)[1] == custom
+    assert read_jsonl(custom)[0]["reason"] == "age: Input should be less than or equal to 150"
+
+
 def test_a_file_without_the_needed_columns_or_format_is_refused_as_a_whole(client, app, tmp_path):
     with pytest.raises(TransferError, match="unknown column 'agee'; missing column 'age'"):
         import_(app, write(tmp_path / "a.csv", "name,email,agee\nAda,ada@example.com,36\n"))
