@@ -4,14 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 
-.PHONY: run migrate revision test lint install clean seed bench bench-scale openapi
+.PHONY: run migrate revision test lint install clean seed bench bench-scale openapi import export bench-transfer
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed (set PYTHON=...)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -28,6 +29,17 @@ revision: $(STAMP)
 seed: migrate
 	@test -n "$(N)" || (echo 'usage: make seed N=1000000'; exit 2)
 	$(BIN)/python -m users_service seed $(N)
+
+import: migrate
+	@test -n "$(FILE)" || (echo 'usage: make import FILE=users.csv [ARGS="--rejects bad.csv"]'; exit 2)
+	$(BIN)/users-service import $(FILE) $(ARGS)
+
+# Writes to OUTPUT (default: standard output); FORMAT=csv for CSV.
+export: $(STAMP)
+	@$(BIN)/users-service export $(if $(FORMAT),--format $(FORMAT)) $(if $(OUTPUT),--output $(OUTPUT)) $(ARGS)
+
+bench-transfer: $(STAMP)
+	$(BIN)/python -m benchmarks.transfer
 
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (echo 'wrk is not installed: apt-get install wrk'; exit 2)

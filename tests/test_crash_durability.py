@@ -62,7 +62,7 @@ def stored_users(url: str) -> list[dict[str, Any]]:
     try:
         with engine.connect() as connection:
             return [
-                to_record(row.id, dict(row._mapping)) for row in connection.execute(select(users))
+                to_record(row.id, row._mapping) for row in connection.execute(select(users))
             ]
     finally:
         engine.dispose()

@@ -1,4 +1,4 @@
-"""Command line: `python -m users_service serve | migrate | seed N | openapi`."""
+"""Command line: `python -m users_service serve | migrate | seed | import | export | openapi`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
-from users_service.settings import SettingsError, load_settings
+from users_service.settings import Settings, SettingsError, load_settings
 
 
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     seed.add_argument("--batch-size", type=int, default=10_000)
     openapi = commands.add_parser("openapi", help="write the OpenAPI document (make openapi)")
     openapi.add_argument("--output", default="-", help="file to write; - (default): stdout")
+    _add_transfer_commands(commands)
     args = parser.parse_args(argv)
 
     if args.command == "openapi":  # the document does not depend on the settings
@@ -94,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         engine.dispose()
         return 0
 
+    if args.command in ("import", "export"):
+        return _transfer(args, settings)
+
     import uvicorn
 
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to
@@ -111,6 +116,95 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _exit_now_if_requests_were_abandoned(settings.shutdown_grace_seconds)
     return 0
+
+
+def _batch_size(value: str) -> int:
+    from users_service.transfer import BATCH_SIZE_MAX
+
+    size = int(value)
+    if not 1 <= size <= BATCH_SIZE_MAX:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {BATCH_SIZE_MAX}")
+    return size
+
+
+def _add_transfer_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    formats = ("jsonl", "csv")
+    load = commands.add_parser(
+        "import", help="import users from a CSV or JSON Lines file (streamed, in batches)"
+    )
+    load.add_argument("file", type=Path, help="name,email,age[,id,created_at,updated_at,version]")
+    load.add_argument(
+        "--format", choices=formats, help="default: from the extension (.csv, .jsonl, .ndjson)"
+    )
+    load.add_argument(
+        "--rejects", type=Path, help="where rejected rows go (default: FILE.rejects.<ext>)"
+    )
+    load.add_argument("--batch-size", type=_batch_size, default=10_000, help="rows per transaction")
+    load.add_argument(
+        "--workers",
+        type=int,
+        choices=range(9),
+        default=min(os.cpu_count() or 1, 4),
+        metavar="N",
+        help="processes that check rows, besides the one that writes (0-8; default: the CPUs, "
+        "at most 4)",
+    )
+    load.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    dump = commands.add_parser("export", help="write every user as JSON Lines or CSV, streamed")
+    dump.add_argument("--format", choices=formats, default="jsonl")
+    dump.add_argument("--output", "-o", type=Path, help="default: standard output")
+    dump.add_argument("--batch-size", type=_batch_size, default=10_000, help="rows per page")
+    dump.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def _transfer(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+    from contextlib import nullcontext
+
+    from sqlalchemy.exc import DBAPIError
+
+    from users_service.db import create_db_engine
+    from users_service.transfer import TransferError, export_users, import_file
+
+    engine = create_db_engine(settings)
+    try:
+        if args.command == "import":
+            summary, rejects = import_file(
+                engine,
+                args.file,
+                fmt=args.format,
+                rejects_path=args.rejects,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                progress=not args.no_progress,
+            )
+            print(summary)
+            if summary.rejected:
+                print(f"rejected rows, with their line and reason: {rejects}")
+            return 0
+        started = time.perf_counter()
+        with (
+            args.output.open("wb") if args.output else nullcontext(sys.stdout.buffer) as out,
+            engine.connect() as connection,
+        ):
+            count = export_users(
+                connection=connection,
+                out=out,
+                fmt=args.format,
+                page_size=args.batch_size,
+                progress=not args.no_progress,
+            )
+        print(f"exported {count} users in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        return 0
+    except (TransferError, OSError) as error:
+        print(f"users-service: {error}", file=sys.stderr)
+        return 2
+    except DBAPIError as error:
+        # The batches committed so far stay; importing again finishes the job.
+        print(f"users-service: the database failed: {error.orig}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
 
 
 if __name__ == "__main__":

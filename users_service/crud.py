@@ -54,7 +54,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def to_record(user_id: uuid.UUID | str, values: Mapping[str, Any]) -> UserRecord:
+def to_record(user_id: uuid.UUID | str, values: Mapping[Any, Any]) -> UserRecord:
     """A user as the API returns it, from the values this process wrote."""
     return {
         "id": str(user_id),
