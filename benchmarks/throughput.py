@@ -14,12 +14,13 @@ the same with 2 workers (the scaling factor).
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ SEEDED = int(os.environ.get("BENCH_USERS", "100000"))
 CONNECTIONS = 64
 ENDPOINTS = ("GET /users/{id}", "GET /users?limit=50", "POST /users", "PATCH /users/{id}")
 users = User.__table__  # type: ignore[attr-defined]
+API_KEY = secrets.token_urlsafe(24)
 
 
 @dataclass
@@ -61,17 +63,11 @@ class Server:
 
 
 @contextmanager
-def serve(app: str, workers: int, env: dict[str, str], *, factory: bool) -> Iterator[Server]:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "uvicorn", app,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--workers", str(workers), "--no-access-log", "--log-level", "warning",
-    ]  # fmt: skip
-    if factory:
-        command.append("--factory")
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env)
-    server = Server(process, f"http://127.0.0.1:{port}")
+def serve(command: list[str], env: dict[str, str], log: Path) -> Iterator[Server]:
+    """Run `command` (it listens on env["PORT"]) until the block ends."""
+    with log.open("ab") as log_file:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stderr=log_file)
+    server = Server(process, f"http://127.0.0.1:{env['PORT']}")
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -81,12 +77,38 @@ def serve(app: str, workers: int, env: dict[str, str], *, factory: bool) -> Iter
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{app} did not start")
+                raise RuntimeError(f"{command} did not start; see {log}")
             time.sleep(0.1)
         yield server
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def serve_ceiling(workers: int, log: Path) -> AbstractContextManager[Server]:
+    """The bare app, by uvicorn with the service's server settings."""
+    port = str(free_port())
+    command = [
+        sys.executable, "-m", "uvicorn", "benchmarks.ceiling:app",
+        "--host", "127.0.0.1", "--port", port, "--workers", str(workers),
+        "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    return serve(command, service_env(PORT=port), log)
+
+
+def serve_service(url: str, workers: int, log: Path) -> AbstractContextManager[Server]:
+    """The service as the README recommends running it in production: JSON
+    access log on (to a file), metrics on, API keys required."""
+    env = service_env(
+        DATABASE_URL=url,
+        ENVIRONMENT="production",
+        API_KEYS=f"bench:{API_KEY}",
+        CURSOR_SECRET=secrets.token_hex(16),
+        LOG_LEVEL="INFO",
+        WORKERS=str(workers),
+        PORT=str(free_port()),
+    )
+    return serve([sys.executable, "-m", "users_service", "serve"], env, log)
 
 
 def drive(server: Server, endpoint: str, ids_file: Path, seconds: float) -> WrkResult:
@@ -105,6 +127,7 @@ def drive(server: Server, endpoint: str, ids_file: Path, seconds: float) -> WrkR
         seconds=seconds,
         script=script,
         script_args=args,
+        headers={"Authorization": f"Bearer {API_KEY}"},
     )
 
 
@@ -145,8 +168,7 @@ def main() -> int:
                 "| target | requests/s | p50 ms | p99 ms | errors | of ceiling |",
                 "| --- | ---: | ---: | ---: | ---: | ---: |",
             ]
-            env = service_env(LOG_LEVEL="WARNING")
-            with serve("benchmarks.ceiling:app", workers, env, factory=False) as server:
+            with serve_ceiling(workers, work / "ceiling.log") as server:
                 run_wrk(server.base_url + "/ping", connections=CONNECTIONS, threads=2, seconds=2)
                 ceiling = run_wrk(
                     server.base_url + "/ping", connections=CONNECTIONS, threads=2, seconds=seconds
@@ -155,8 +177,8 @@ def main() -> int:
             rates[(workers, "ceiling", "")] = ceiling.requests_per_second
             memory = []
             for backend, (url, ids_file) in databases.items():
-                env = service_env(DATABASE_URL=url, LOG_LEVEL="WARNING", ENVIRONMENT="test")
-                with serve("users_service.main:create_app", workers, env, factory=True) as server:
+                log = work / f"service-{backend}-{workers}.log"
+                with serve_service(url, workers, log) as server:
                     drive(server, "GET /users/{id}", ids_file, 2)  # warm up
                     for endpoint in ENDPOINTS:
                         result = drive(server, endpoint, ids_file, seconds)

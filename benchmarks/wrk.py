@@ -41,6 +41,7 @@ def run_wrk(
     threads: int = 1,
     script: Path | None = None,
     script_args: tuple[str, ...] = (),
+    headers: dict[str, str] | None = None,
 ) -> WrkResult:
     command = [
         require_wrk(),
@@ -51,6 +52,8 @@ def run_wrk(
         "--timeout",
         "10s",
     ]
+    for name, value in (headers or {}).items():
+        command += ["-H", f"{name}: {value}"]
     if script is not None:
         command += ["-s", str(script)]
     command.append(url)

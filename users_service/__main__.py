@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -46,6 +47,17 @@ def _exit_now_if_requests_were_abandoned(grace_seconds: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _prepare_multiprocess_metrics() -> None:
+    """Workers keep their metrics in files that /metrics adds up: in
+    PROMETHEUS_MULTIPROC_DIR (emptied here), or a new temporary directory."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        for stale in Path(directory).glob("*.db"):
+            stale.unlink()
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="users-service-metrics-")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,17 +113,27 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from users_service.logs import configure_logging
+
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to
     # the handler that was there before it; make that one exit with 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    configure_logging(settings, buffered=False)  # each worker's app buffers its own
+    if settings.workers > 1:
+        _prepare_multiprocess_metrics()
     try:
         uvicorn.run(
             "users_service.main:create_app",
             factory=True,
             host=settings.host,
             port=settings.port,
-            log_level=settings.log_level.value.lower(),
+            workers=settings.workers,
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
             timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            # The app logs (users_service.logs): one line per request, its own.
+            log_config=None,
+            access_log=False,
         )
     finally:
         _exit_now_if_requests_were_abandoned(settings.shutdown_grace_seconds)

@@ -35,6 +35,11 @@ def _forbidden() -> Problem:
     return Problem(403, "forbidden", "This API key may only read")
 
 
+def is_protected(path: str) -> bool:
+    """Whether requests to `path` need an API key (when keys are configured)."""
+    return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
+
+
 class ApiKeyMiddleware:
     """Checks the bearer key on /users requests when keys are configured."""
 
@@ -66,7 +71,7 @@ class ApiKeyMiddleware:
         state = scope.setdefault("state", {})
         state["caller"] = ANONYMOUS
         path = scope["path"]
-        if self.keys and (path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")):
+        if self.keys and is_protected(path):
             key = self._caller_of(scope)
             if key is None:
                 await problem_response(_unauthorized())(scope, receive, send)

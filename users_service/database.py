@@ -167,6 +167,11 @@ class Database:
     async def start(self) -> None:
         """Called once the event loop runs (the app's lifespan)."""
 
+    def pool_usage(self) -> tuple[int, int]:
+        """(connections in use, connections idle), for /metrics."""
+        pool: Any = self.engine.pool
+        return pool.checkedout(), pool.checkedin()
+
     async def close(self) -> None:
         """Release every connection."""
 
@@ -465,6 +470,10 @@ class PostgresDatabase(Database):
     async def start(self) -> None:
         self._slots = asyncio.Semaphore(self._size)
 
+    def pool_usage(self) -> tuple[int, int]:
+        free = self._slots._value if self._slots is not None else self._size
+        return self._size - free, len(self._idle)
+
     async def close(self) -> None:
         while self._idle:
             await self._idle.pop().close()
@@ -555,6 +564,10 @@ class MySQLDatabase(Database):
 
     async def start(self) -> None:
         self._slots = asyncio.Semaphore(self._size)
+
+    def pool_usage(self) -> tuple[int, int]:
+        free = self._slots._value if self._slots is not None else self._size
+        return self._size - free, len(self._idle)
 
     async def close(self) -> None:
         while self._idle:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,6 +19,8 @@ from users_service.errors import (
     problem_response,
     service_unavailable,
 )
+from users_service.logs import ACCESS_LOGGER
+from users_service.metrics import UNMATCHED_ROUTE, RequestMetrics
 from users_service.request_context import (
     REQUEST_ID_HEADER,
     request_id_from,
@@ -26,6 +29,7 @@ from users_service.request_context import (
 )
 
 logger = logging.getLogger("users_service.requests")
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 
 def abandoned_at_shutdown() -> Problem:
@@ -36,26 +40,29 @@ def abandoned_at_shutdown() -> Problem:
 
 
 class RequestContextMiddleware:
-    """Sets the request id, echoes it in `X-Request-ID`, and answers any
-    error nothing else handled with a 500 problem after logging its
-    traceback with the request id."""
+    """What every request gets, outermost: a request id (echoed in
+    `X-Request-ID`), a 500 problem for any error nothing else handled (its
+    traceback logged with the request id), and, once answered, its metrics
+    and its one access-log line (see logs.py)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.metrics = RequestMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         request_id = request_id_from(scope)
         token = set_request_id(request_id)
         header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
-        response_started = False
+        status = 500
 
         async def send_with_request_id(message: Message) -> None:
-            nonlocal response_started
+            nonlocal status
             if message["type"] == "http.response.start":
-                response_started = True
+                status = message["status"]
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
@@ -66,17 +73,40 @@ class RequestContextMiddleware:
             # running at the end of SHUTDOWN_GRACE_SECONDS. Say so (rather
             # than let uvicorn answer a bare 500); the process exits next.
             logger.error("request abandoned at shutdown [request_id=%s]", request_id)
-            if not response_started:
+            if status == 500:
                 await problem_response(abandoned_at_shutdown())(
                     scope, receive, send_with_request_id
                 )
         except Exception:
             logger.exception("unhandled error [request_id=%s]", request_id)
-            if response_started:
+            if status != 500:  # the answer had started: nothing more can be sent
                 raise
             await problem_response(internal_error())(scope, receive, send_with_request_id)
         finally:
             reset_request_id(token)
+            self._observe(scope, request_id, status, time.perf_counter() - started)
+
+    def _observe(self, scope: Scope, request_id: str, status: int, seconds: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path_format", None) or UNMATCHED_ROUTE
+        method = scope["method"]
+        self.metrics.record(method, template, status, seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "%s %s %d",
+                method,
+                template,
+                status,
+                extra={
+                    "request_id": request_id,
+                    "caller": scope.get("state", {}).get("caller"),
+                    "method": method,
+                    "route": template,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "user_id": scope.get("path_params", {}).get("user_id"),
+                },
+            )
 
 
 class BodyLimitMiddleware:
@@ -97,9 +127,15 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = next(
-            (value for name, value in scope["headers"] if name == b"content-length"), None
-        )
+        declared = chunked = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value
+            elif name == b"transfer-encoding":
+                chunked = value
+        if declared is None and chunked is None:  # no body at all
+            await self.app(scope, receive, send)
+            return
         if declared is not None:
             if declared.isdigit() and int(declared) > self.max_bytes:
                 await problem_response(payload_too_large(self.max_bytes))(scope, receive, send)

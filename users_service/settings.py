@@ -26,6 +26,11 @@ class Environment(StrEnum):
     production = "production"
 
 
+class LogFormat(StrEnum):
+    json = "json"
+    text = "text"
+
+
 class LogLevel(StrEnum):
     DEBUG = "DEBUG"
     INFO = "INFO"
@@ -92,8 +97,17 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./users.db"
     environment: Environment = Environment.development
     log_level: LogLevel = LogLevel.INFO
+    # One line per request and per event: JSON for log collectors, or text
+    # for people. Unset: JSON in production, text elsewhere.
+    log_format: LogFormat | None = None
     host: str = "127.0.0.1"
     port: Port = 8000
+    # Worker processes of `serve` (each with its own pool of DB_POOL_SIZE).
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed:
+    # comma-separated addresses or networks, or * (any: only behind a proxy
+    # that is the sole way in).
+    forwarded_allow_ips: str = "127.0.0.1"
 
     # Connections per process. Every route that touches the database holds
     # one connection for its whole run, so the thread pool that runs those
@@ -174,6 +188,12 @@ class Settings(BaseSettings):
         if family in ("mysql", "mariadb") and "charset" not in url.query:
             url = url.update_query_dict({"charset": "utf8mb4"})
         return url
+
+    @property
+    def effective_log_format(self) -> LogFormat:
+        if self.log_format is not None:
+            return self.log_format
+        return LogFormat.json if self.environment is Environment.production else LogFormat.text
 
     @property
     def is_sqlite(self) -> bool:

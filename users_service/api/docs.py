@@ -8,11 +8,14 @@ its app class), instead of from a CDN.
 from __future__ import annotations
 
 from importlib.resources import files
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse
+
+from users_service.auth import is_protected
 
 STATIC_URL = "/docs-static"
 
@@ -35,6 +38,37 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
+
+
+API_KEY_SCHEME = {
+    "type": "http",
+    "description": "An API key from API_KEYS or API_READ_KEYS, when the service has them.",
+    "scheme": "bearer",
+}
+
+
+def document_api_keys(app: FastAPI) -> None:
+    """Declare the bearer scheme on the routes auth.ApiKeyMiddleware guards.
+
+    The keys are checked by that middleware, before any route runs; a
+    FastAPI security dependency would only repeat the work on every request.
+    """
+    make_document = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = make_document()
+            document.setdefault("components", {})["securitySchemes"] = {
+                "HTTPBearer": API_KEY_SCHEME
+            }
+            for path, operations in document["paths"].items():
+                if is_protected(path):
+                    for operation in operations.values():
+                        operation["security"] = [{"HTTPBearer": []}]
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_docs(app: FastAPI) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from users_service.db import is_unavailable, schema_state
 from users_service.jsonio import JSONResponse
+from users_service.metrics import exposition
 
 router = APIRouter(tags=["health"])
 
@@ -28,6 +31,19 @@ class Readiness(BaseModel):
 async def healthz() -> JSONResponse:
     """The process is alive. Touches no database."""
     return JSONResponse({"status": "ok"})
+
+
+@router.get(
+    "/metrics",
+    operation_id="get_metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}
+    },
+)
+async def metrics() -> Response:
+    """Request counts and durations, user writes, database pool use (see README)."""
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get(

@@ -15,14 +15,18 @@ whatever it was (a 201, a 409, a 422 about the body), unless it was a 5xx.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 
 from users_service import idempotency
 from users_service.errors import error_response, unsupported_media_type, validation_failed
 from users_service.jsonio import BodyError, parse_json_object
+
+M = TypeVar("M", bound=BaseModel)
 
 JSON = "application/json"
 MERGE_PATCH_JSON = "application/merge-patch+json"
@@ -99,3 +103,38 @@ async def handle_idempotently(
     elif not outcome.saved:
         await idempotency.save_answer_now(database=database, claimed=outcome, response=response)
     return response
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The OpenAPI `parameters` of a query model's fields (see parse_query)."""
+    properties = model.model_json_schema()["properties"]
+    parameters = []
+    for name, field in model.model_fields.items():
+        schema = {key: value for key, value in properties[name].items() if key != "default"}
+        if field.default is not None:
+            schema["default"] = field.default
+        parameters.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": field.is_required(),
+                "schema": schema,
+                "description": field.description,
+            }
+        )
+    return parameters
+
+
+def parse_query(model: type[M], request: Request) -> M:
+    """The query string as `model`, or 422 as FastAPI words it.
+
+    What `Annotated[Model, Query()]` does, at a fraction of its cost: FastAPI
+    re-inspects every field's annotation on every request (see README,
+    "Throughput"). A parameter given twice counts once, the last time.
+    """
+    try:
+        return model.model_validate(dict(request.query_params))
+    except ValidationError as error:
+        raise RequestValidationError(
+            [{**detail, "loc": ("query", *detail["loc"])} for detail in error.errors()]
+        ) from None

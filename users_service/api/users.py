@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import uuid
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response, status
-from fastapi.security import HTTPBearer
+from fastapi import APIRouter, Request, Response, status
 
-from users_service import crud
+from users_service import crud, metrics
 from users_service.api.deps import (
     USER_PATH,
-    CursorCodecDep,
-    DatabaseDep,
-    IdempotentAnswerDep,
-    IfMatchDep,
-    IfNoneMatchDep,
-    UserIdDep,
+    IdempotencyKeyHeader,
+    IfMatchHeader,
+    IfNoneMatchHeader,
+    UserIdPath,
+    cursor_codec_of,
+    database_of,
+    save_idempotent_answer,
 )
-from users_service.api.routing import MERGE_PATCH_JSON, JSONBodyRoute
+from users_service.api.routing import (
+    MERGE_PATCH_JSON,
+    JSONBodyRoute,
+    parse_query,
+    query_parameters,
+)
 from users_service.errors import problem_responses, validation_failed
 from users_service.jsonio import JSONResponse, json_bytes_response
 from users_service.models import (
@@ -32,19 +37,12 @@ from users_service.models import (
     UserUpdate,
 )
 from users_service.pagination import InvalidCursor, SortOrder
-from users_service.preconditions import etag
+from users_service.preconditions import etag, if_match_condition, if_none_match_condition
 
-# The API keys themselves are checked by auth.ApiKeyMiddleware before any
-# route runs; this only declares the scheme in the OpenAPI document.
-bearer = HTTPBearer(
-    auto_error=False,
-    description="An API key from API_KEYS or API_READ_KEYS, when the service has them.",
-)
 router = APIRouter(
     prefix="/users",
     tags=["users"],
     route_class=JSONBodyRoute,
-    dependencies=[Depends(bearer)],
 )
 
 LOCATION_HEADER = {"Location": {"description": "/users/{id}", "schema": {"type": "string"}}}
@@ -69,45 +67,32 @@ def user_response(user: crud.UserRecord, status_code: int = 200, **headers: str)
     )
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
+# Routes are matched in this order: the most used first (see README, "Throughput").
+
+
+@router.get(
+    USER_PATH,
     response_model=UserPublic,
-    operation_id="create_user",
+    operation_id="get_user",
     responses={
-        201: {"headers": {**ETAG_HEADER, **LOCATION_HEADER, **REPLAYED_HEADER}},
-        **problem_responses(401, 403, 409, 413, 415, 422, 503),
+        200: {"headers": ETAG_HEADER},
+        304: {
+            "description": "Not Modified: the user still has the ETag in If-None-Match.",
+            "headers": ETAG_HEADER,
+        },
+        **problem_responses(401, 404, 422, 503),
     },
 )
-async def create_user(
-    body: UserCreate, database: DatabaseDep, idempotent: IdempotentAnswerDep
+async def get_user(
+    user_id: UserIdPath, request: Request, if_none_match: IfNoneMatchHeader = None
 ) -> Response:
-    async with database.transaction() as connection:
-        user = await crud.create_user(connection=connection, data=body)
-        response = user_response(user, status.HTTP_201_CREATED, Location=f"/users/{user['id']}")
-        await idempotent.save(response, connection=connection)
-    return response
-
-
-@router.post(
-    "/batch",
-    status_code=status.HTTP_201_CREATED,
-    response_model=UserBatchPublic,
-    operation_id="create_users",
-    responses={
-        201: {"headers": REPLAYED_HEADER},
-        **problem_responses(401, 403, 409, 413, 415, 422, 503),
-    },
-)
-async def create_users(
-    body: UserBatchCreate, database: DatabaseDep, idempotent: IdempotentAnswerDep
-) -> Response:
-    """Create 1-1000 users, all or nothing; they come back in the order sent."""
-    async with database.transaction() as connection:
-        created = await crud.create_users(connection=connection, data=body.users)
-        response = JSONResponse({"items": created}, status_code=status.HTTP_201_CREATED)
-        await idempotent.save(response, connection=connection)
-    return response
+    async with database_of(request).read() as connection:
+        user = await crud.get_user(connection=connection, user_id=uuid.UUID(user_id))
+    headers = {"ETag": etag(user.version)}
+    unchanged = if_none_match_condition(if_none_match)
+    if unchanged is not None and unchanged.matches(user.version):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return json_bytes_response(user.json.encode(), headers=headers)
 
 
 @router.get(
@@ -125,13 +110,11 @@ async def create_users(
         },
         **problem_responses(401, 422, 503),
     },
+    openapi_extra={"parameters": query_parameters(UserListQuery)},
 )
-async def list_users(
-    query: Annotated[UserListQuery, Query()],
-    request: Request,
-    database: DatabaseDep,
-    cursors: CursorCodecDep,
-) -> Response:
+async def list_users(request: Request) -> Response:
+    query = parse_query(UserListQuery, request)
+    cursors = cursor_codec_of(request)
     order = SortOrder.parse(query.sort)
     context = query.filter_fingerprint()
     after = None
@@ -142,7 +125,7 @@ async def list_users(
             raise validation_failed(
                 [{"loc": ["query", "cursor"], "msg": str(error), "type": "cursor_invalid"}]
             ) from None
-    async with database.read(heavy=crud.may_scan(query)) as connection:
+    async with database_of(request).read(heavy=crud.may_scan(query)) as connection:
         page = await crud.list_users(connection=connection, query=query, order=order, after=after)
     next_cursor = None
     headers = {}
@@ -158,47 +141,27 @@ async def list_users(
     return json_bytes_response((body + "}").encode(), headers=headers)
 
 
-@router.get(
-    USER_PATH,
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
     response_model=UserPublic,
-    operation_id="get_user",
+    operation_id="create_user",
     responses={
-        200: {"headers": ETAG_HEADER},
-        304: {
-            "description": "Not Modified: the user still has the ETag in If-None-Match.",
-            "headers": ETAG_HEADER,
-        },
-        **problem_responses(401, 404, 422, 503),
+        201: {"headers": {**ETAG_HEADER, **LOCATION_HEADER, **REPLAYED_HEADER}},
+        **problem_responses(401, 403, 409, 413, 415, 422, 503),
     },
 )
-async def get_user(
-    user_id: UserIdDep, database: DatabaseDep, if_none_match: IfNoneMatchDep
+async def create_user(
+    body: UserCreate,
+    request: Request,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    async with database.read() as connection:
-        user = await crud.get_user(connection=connection, user_id=user_id)
-    headers = {"ETag": etag(user.version)}
-    if if_none_match is not None and if_none_match.matches(user.version):
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    return json_bytes_response(user.json.encode(), headers=headers)
-
-
-@router.put(
-    USER_PATH,
-    response_model=UserPublic,
-    operation_id="replace_user",
-    responses={
-        200: {"headers": ETAG_HEADER},
-        **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 503),
-    },
-)
-async def replace_user(
-    user_id: UserIdDep, body: UserReplace, database: DatabaseDep, if_match: IfMatchDep
-) -> Response:
-    async with database.transaction() as connection:
-        user = await crud.update_user(
-            connection=connection, user_id=user_id, changes=body.model_dump(), expected=if_match
-        )
-    return user_response(user)
+    async with database_of(request).transaction() as connection:
+        user = await crud.create_user(connection=connection, data=body)
+        response = user_response(user, status.HTTP_201_CREATED, Location=f"/users/{user['id']}")
+        await save_idempotent_answer(request, response, connection=connection)
+    metrics.USERS_CREATED.inc()
+    return response
 
 
 @router.patch(
@@ -216,15 +179,39 @@ async def replace_user(
     },
 )
 async def update_user(
-    user_id: UserIdDep, body: UserUpdate, database: DatabaseDep, if_match: IfMatchDep
+    user_id: UserIdPath, body: UserUpdate, request: Request, if_match: IfMatchHeader = None
 ) -> Response:
-    async with database.transaction() as connection:
+    async with database_of(request).transaction() as connection:
         user = await crud.update_user(
             connection=connection,
-            user_id=user_id,
+            user_id=uuid.UUID(user_id),
             changes=body.model_dump(include=body.model_fields_set),
-            expected=if_match,
+            expected=if_match_condition(if_match),
         )
+    metrics.USERS_UPDATED.inc()
+    return user_response(user)
+
+
+@router.put(
+    USER_PATH,
+    response_model=UserPublic,
+    operation_id="replace_user",
+    responses={
+        200: {"headers": ETAG_HEADER},
+        **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 503),
+    },
+)
+async def replace_user(
+    user_id: UserIdPath, body: UserReplace, request: Request, if_match: IfMatchHeader = None
+) -> Response:
+    async with database_of(request).transaction() as connection:
+        user = await crud.update_user(
+            connection=connection,
+            user_id=uuid.UUID(user_id),
+            changes=body.model_dump(),
+            expected=if_match_condition(if_match),
+        )
+    metrics.USERS_UPDATED.inc()
     return user_response(user)
 
 
@@ -234,7 +221,38 @@ async def update_user(
     operation_id="delete_user",
     responses=problem_responses(401, 403, 404, 412, 422, 503),
 )
-async def delete_user(user_id: UserIdDep, database: DatabaseDep, if_match: IfMatchDep) -> Response:
-    async with database.transaction() as connection:
-        await crud.delete_user(connection=connection, user_id=user_id, expected=if_match)
+async def delete_user(
+    user_id: UserIdPath, request: Request, if_match: IfMatchHeader = None
+) -> Response:
+    async with database_of(request).transaction() as connection:
+        await crud.delete_user(
+            connection=connection,
+            user_id=uuid.UUID(user_id),
+            expected=if_match_condition(if_match),
+        )
+    metrics.USERS_DELETED.inc()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/batch",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserBatchPublic,
+    operation_id="create_users",
+    responses={
+        201: {"headers": REPLAYED_HEADER},
+        **problem_responses(401, 403, 409, 413, 415, 422, 503),
+    },
+)
+async def create_users(
+    body: UserBatchCreate,
+    request: Request,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Create 1-1000 users, all or nothing; they come back in the order sent."""
+    async with database_of(request).transaction() as connection:
+        created = await crud.create_users(connection=connection, data=body.users)
+        response = JSONResponse({"items": created}, status_code=status.HTTP_201_CREATED)
+        await save_idempotent_answer(request, response, connection=connection)
+    metrics.USERS_CREATED.inc(len(created))
+    return response
