@@ -54,4 +54,5 @@ def test_operation_ids_read_as_verb_and_noun_in_generated_clients() -> None:
         "delete_user": "DELETE /users/{user_id}",
         "check_health": "GET /healthz",
         "check_readiness": "GET /readyz",
+        "get_metrics": "GET /metrics",
     }

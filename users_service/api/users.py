@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import uuid
-
 import orjson
 from fastapi import APIRouter, Request, Response, status
 
 from users_service import crud, metrics
 from users_service.api.deps import (
+    IDEMPOTENCY_KEY,
+    IF_MATCH,
+    IF_NONE_MATCH,
+    USER_ID,
     USER_PATH,
-    IdempotencyKeyHeader,
-    IfMatchHeader,
-    IfNoneMatchHeader,
-    UserIdPath,
     cursor_codec_of,
     database_of,
+    header_of,
     save_idempotent_answer,
+    user_id_of,
 )
 from users_service.api.routing import (
     MERGE_PATCH_JSON,
@@ -82,14 +82,14 @@ def user_response(user: crud.UserRecord, status_code: int = 200, **headers: str)
         },
         **problem_responses(401, 404, 422, 503),
     },
+    openapi_extra={"parameters": [USER_ID, IF_NONE_MATCH]},
 )
-async def get_user(
-    user_id: UserIdPath, request: Request, if_none_match: IfNoneMatchHeader = None
-) -> Response:
+async def get_user(request: Request) -> Response:
+    user_id = user_id_of(request)
     async with database_of(request).read() as connection:
-        user = await crud.get_user(connection=connection, user_id=uuid.UUID(user_id))
+        user = await crud.get_user(connection=connection, user_id=user_id)
     headers = {"ETag": etag(user.version)}
-    unchanged = if_none_match_condition(if_none_match)
+    unchanged = if_none_match_condition(header_of(request, IF_NONE_MATCH))
     if unchanged is not None and unchanged.matches(user.version):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     return json_bytes_response(user.json.encode(), headers=headers)
@@ -150,12 +150,9 @@ async def list_users(request: Request) -> Response:
         201: {"headers": {**ETAG_HEADER, **LOCATION_HEADER, **REPLAYED_HEADER}},
         **problem_responses(401, 403, 409, 413, 415, 422, 503),
     },
+    openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )
-async def create_user(
-    body: UserCreate,
-    request: Request,
-    idempotency_key: IdempotencyKeyHeader = None,
-) -> Response:
+async def create_user(body: UserCreate, request: Request) -> Response:
     async with database_of(request).transaction() as connection:
         user = await crud.create_user(connection=connection, data=body)
         response = user_response(user, status.HTTP_201_CREATED, Location=f"/users/{user['id']}")
@@ -173,20 +170,21 @@ async def create_user(
         **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 503),
     },
     openapi_extra={
+        "parameters": [USER_ID, IF_MATCH],
         "requestBody": {
             "content": {MERGE_PATCH_JSON: {"schema": {"$ref": "#/components/schemas/UserUpdate"}}}
-        }
+        },
     },
 )
-async def update_user(
-    user_id: UserIdPath, body: UserUpdate, request: Request, if_match: IfMatchHeader = None
-) -> Response:
+async def update_user(body: UserUpdate, request: Request) -> Response:
+    user_id = user_id_of(request)
+    expected = if_match_condition(header_of(request, IF_MATCH))
     async with database_of(request).transaction() as connection:
         user = await crud.update_user(
             connection=connection,
-            user_id=uuid.UUID(user_id),
+            user_id=user_id,
             changes=body.model_dump(include=body.model_fields_set),
-            expected=if_match_condition(if_match),
+            expected=expected,
         )
     metrics.USERS_UPDATED.inc()
     return user_response(user)
@@ -200,16 +198,14 @@ async def update_user(
         200: {"headers": ETAG_HEADER},
         **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 503),
     },
+    openapi_extra={"parameters": [USER_ID, IF_MATCH]},
 )
-async def replace_user(
-    user_id: UserIdPath, body: UserReplace, request: Request, if_match: IfMatchHeader = None
-) -> Response:
+async def replace_user(body: UserReplace, request: Request) -> Response:
+    user_id = user_id_of(request)
+    expected = if_match_condition(header_of(request, IF_MATCH))
     async with database_of(request).transaction() as connection:
         user = await crud.update_user(
-            connection=connection,
-            user_id=uuid.UUID(user_id),
-            changes=body.model_dump(),
-            expected=if_match_condition(if_match),
+            connection=connection, user_id=user_id, changes=body.model_dump(), expected=expected
         )
     metrics.USERS_UPDATED.inc()
     return user_response(user)
@@ -220,16 +216,13 @@ async def replace_user(
     status_code=status.HTTP_204_NO_CONTENT,
     operation_id="delete_user",
     responses=problem_responses(401, 403, 404, 412, 422, 503),
+    openapi_extra={"parameters": [USER_ID, IF_MATCH]},
 )
-async def delete_user(
-    user_id: UserIdPath, request: Request, if_match: IfMatchHeader = None
-) -> Response:
+async def delete_user(request: Request) -> Response:
+    user_id = user_id_of(request)
+    expected = if_match_condition(header_of(request, IF_MATCH))
     async with database_of(request).transaction() as connection:
-        await crud.delete_user(
-            connection=connection,
-            user_id=uuid.UUID(user_id),
-            expected=if_match_condition(if_match),
-        )
+        await crud.delete_user(connection=connection, user_id=user_id, expected=expected)
     metrics.USERS_DELETED.inc()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -243,12 +236,9 @@ async def delete_user(
         201: {"headers": REPLAYED_HEADER},
         **problem_responses(401, 403, 409, 413, 415, 422, 503),
     },
+    openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )
-async def create_users(
-    body: UserBatchCreate,
-    request: Request,
-    idempotency_key: IdempotencyKeyHeader = None,
-) -> Response:
+async def create_users(body: UserBatchCreate, request: Request) -> Response:
     """Create 1-1000 users, all or nothing; they come back in the order sent."""
     async with database_of(request).transaction() as connection:
         created = await crud.create_users(connection=connection, data=body.users)
