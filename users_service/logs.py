@@ -31,8 +31,6 @@ FLUSH_SECONDS = 0.5
 BUFFERED_RECORDS = 200
 
 _EMAIL = re.compile(r"[^\s@'\"<>(),;:]+@[^\s@'\"<>(),;:]+\.[A-Za-z0-9-]+")
-# What the access log adds to a record (logging's `extra`).
-ACCESS_FIELDS = ("caller", "method", "route", "status", "duration_ms", "user_id")
 
 
 def mask_emails(text: str) -> str:
@@ -50,20 +48,16 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "message": mask_emails(record.getMessage()),
         }
-        request_id = getattr(record, "request_id", None) or current_request_id()
+        request_id = getattr(record, "request_id", None)
         if request_id:
             line["request_id"] = request_id
-        for field in ACCESS_FIELDS:
-            value = getattr(record, field, None)
-            if value is not None:
-                line[field] = value
         if record.exc_info:
             line["traceback"] = mask_emails(self.formatException(record.exc_info))
         return orjson.dumps(line).decode()
 
 
 class TextFormatter(logging.Formatter):
-    """`time level logger message key=value...`, for people."""
+    """`time level logger message request_id=...`, for people."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -71,18 +65,17 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         record.msg, record.args = mask_emails(record.getMessage()), None
         text = super().format(record)
-        fields = [
-            f"{field}={getattr(record, field)}"
-            for field in ACCESS_FIELDS
-            if getattr(record, field, None) is not None
-        ]
-        request_id = getattr(record, "request_id", None) or current_request_id()
+        request_id = getattr(record, "request_id", None)
         if request_id and "request_id=" not in text:
-            fields.insert(0, f"request_id={request_id}")
-        if fields:
             head, _, tail = text.partition("\n")
-            text = f"{head} {' '.join(fields)}" + (f"\n{tail}" if tail else "")
+            text = f"{head} request_id={request_id}" + (f"\n{tail}" if tail else "")
         return mask_emails(text) if record.exc_info else text
+
+
+def stamp_request_id(record: logging.LogRecord) -> bool:
+    """Note the request being served on the record (it is formatted later)."""
+    record.request_id = current_request_id()
+    return True
 
 
 class BufferedHandler(logging.handlers.MemoryHandler):
@@ -106,7 +99,79 @@ class BufferedHandler(logging.handlers.MemoryHandler):
             self.release()
 
 
+class AccessLog:
+    """The one line per request, formatted here and written in batches with
+    the other buffered lines (a LogRecord per request costs as much as the
+    rest of the line's work). Same format and stream as the logging module's
+    lines, under the logger name ACCESS_LOGGER."""
+
+    def __init__(self, log_format: LogFormat, enabled: bool) -> None:
+        self.enabled = enabled
+        self._json = log_format is LogFormat.json
+        self._lines: list[str] = []
+        self._second = -1
+        self._time_prefix = ""
+
+    def _time(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._time_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._time_prefix}.{int((now - second) * 1000):03d}Z"
+
+    def write(
+        self,
+        *,
+        request_id: str,
+        caller: str | None,
+        method: str,
+        route: str,
+        status: int,
+        duration_ms: float,
+        user_id: str | None,
+    ) -> None:
+        if self._json:
+            line: dict[str, Any] = {
+                "time": self._time(),
+                "level": "INFO",
+                "logger": ACCESS_LOGGER,
+                "message": f"{method} {route} {status}",
+                "request_id": request_id,
+                "caller": caller,
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": duration_ms,
+            }
+            if user_id is not None:
+                line["user_id"] = user_id
+            self._lines.append(orjson.dumps(line).decode())
+        else:
+            text = (
+                f"{self._time()} INFO {ACCESS_LOGGER} {method} {route} {status} "
+                f"request_id={request_id} caller={caller} duration_ms={duration_ms}"
+            )
+            self._lines.append(text if user_id is None else f"{text} user_id={user_id}")
+        if len(self._lines) >= BUFFERED_RECORDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._lines:
+            lines, self._lines = self._lines, []
+            sys.stderr.write("\n".join(lines) + "\n")
+            sys.stderr.flush()
+
+
 _handler: BufferedHandler | None = None
+_access_logs: list[AccessLog] = []
+
+
+def access_log(settings: Settings) -> AccessLog:
+    """The access log of an app made with `settings` (flushed by flush_logs)."""
+    log = AccessLog(settings.effective_log_format, settings.log_level.value in ("DEBUG", "INFO"))
+    _access_logs.append(log)
+    return log
 
 
 def configure_logging(settings: Settings, *, buffered: bool = True) -> None:
@@ -121,6 +186,7 @@ def configure_logging(settings: Settings, *, buffered: bool = True) -> None:
     handler: logging.Handler = stream
     if buffered:
         handler = _handler = BufferedHandler(stream)
+    handler.addFilter(stamp_request_id)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -137,3 +203,5 @@ def configure_logging(settings: Settings, *, buffered: bool = True) -> None:
 def flush_logs() -> None:
     if _handler is not None:
         _handler.flush()
+    for log in _access_logs:
+        log.flush()

@@ -20,7 +20,7 @@ from users_service.db import (
 )
 from users_service.errors import install_error_handlers
 from users_service.idempotency import sweep_expired_idempotency_keys
-from users_service.logs import FLUSH_SECONDS, configure_logging, flush_logs
+from users_service.logs import FLUSH_SECONDS, access_log, configure_logging, flush_logs
 from users_service.metrics import set_pool_usage
 from users_service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from users_service.pagination import CursorCodec
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: request ids, then API keys, then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, access_log=access_log(settings))
     app.include_router(users.router)
     app.include_router(health.router)
     docs.install_docs(app)

@@ -19,7 +19,7 @@ from users_service.errors import (
     problem_response,
     service_unavailable,
 )
-from users_service.logs import ACCESS_LOGGER
+from users_service.logs import AccessLog
 from users_service.metrics import UNMATCHED_ROUTE, RequestMetrics
 from users_service.request_context import (
     REQUEST_ID_HEADER,
@@ -29,7 +29,6 @@ from users_service.request_context import (
 )
 
 logger = logging.getLogger("users_service.requests")
-access_log = logging.getLogger(ACCESS_LOGGER)
 
 
 def abandoned_at_shutdown() -> Problem:
@@ -45,9 +44,10 @@ class RequestContextMiddleware:
     traceback logged with the request id), and, once answered, its metrics
     and its one access-log line (see logs.py)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access_log: AccessLog) -> None:
         self.app = app
         self.metrics = RequestMetrics()
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -91,21 +91,15 @@ class RequestContextMiddleware:
         template = getattr(route, "path_format", None) or UNMATCHED_ROUTE
         method = scope["method"]
         self.metrics.record(method, template, status, seconds)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                "%s %s %d",
-                method,
-                template,
-                status,
-                extra={
-                    "request_id": request_id,
-                    "caller": scope.get("state", {}).get("caller"),
-                    "method": method,
-                    "route": template,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "user_id": scope.get("path_params", {}).get("user_id"),
-                },
+        if self.access_log.enabled:
+            self.access_log.write(
+                request_id=request_id,
+                caller=scope.get("state", {}).get("caller"),
+                method=method,
+                route=template,
+                status=status,
+                duration_ms=round(seconds * 1000, 3),
+                user_id=scope.get("path_params", {}).get("user_id"),
             )
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as PROMETHEUS_TEXT
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
@@ -37,13 +37,11 @@ async def healthz() -> JSONResponse:
     "/metrics",
     operation_id="get_metrics",
     response_class=PlainTextResponse,
-    responses={
-        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}
-    },
+    responses={200: {"content": {PROMETHEUS_TEXT: {}}, "description": "Prometheus text format."}},
 )
 async def metrics() -> Response:
     """Request counts and durations, user writes, database pool use (see README)."""
-    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(), media_type=PROMETHEUS_TEXT)
 
 
 @router.get(
