@@ -61,9 +61,7 @@ def stored_users(url: str) -> list[dict[str, Any]]:
     engine = create_engine(load_settings(database_url=url).sqlalchemy_url)
     try:
         with engine.connect() as connection:
-            return [
-                to_record(row.id, row._mapping) for row in connection.execute(select(users))
-            ]
+            return [to_record(row.id, row._mapping) for row in connection.execute(select(users))]
     finally:
         engine.dispose()
 
