@@ -35,7 +35,8 @@ def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return load_settings(database_url=database_url, environment="test")
+    # No access log: thousands of lines that would only bury a failure's own.
+    return load_settings(database_url=database_url, environment="test", log_level="WARNING")
 
 
 @pytest.fixture(scope="session")
