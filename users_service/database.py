@@ -367,7 +367,7 @@ class SQLiteDatabase(Database):
     async def _begin(self, raw: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting (off the loop's clock) for another process's lock."""
         deadline = time.monotonic() + self._busy_timeout
-        pause = 0.001
+        pause = 0.0005
         while True:
             try:
                 raw.execute("BEGIN IMMEDIATE")
@@ -376,7 +376,9 @@ class SQLiteDatabase(Database):
                 if time.monotonic() > deadline:
                     raise unavailable(error) from error
             await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.05)
+            pause = min(
+                pause * 2, 0.004
+            )  # short: a long sleep loses the lock to the other process for good
 
     async def _commit(self, raw: sqlite3.Connection) -> None:
         """Commit the open batch after the writes queued before this call have run."""

@@ -1,18 +1,16 @@
-"""Engines, sessions and the few database facts the service needs to know.
+"""SQLAlchemy engines and the few database facts the service needs to know.
 
-One engine per process, built from the settings. SQLite gets WAL, a busy
-timeout, a durable `synchronous` level and write transactions that take the
-write lock up front (`BEGIN IMMEDIATE`), so that concurrent writers queue on
-the lock instead of failing with "database is locked" half-way through.
+One engine per process, built from the settings: migrations, seeding,
+import/export and /readyz use it, and the request path's database layer
+(database.py) takes its connections' options from it. SQLite gets WAL, a
+busy timeout and a durable `synchronous` level; a transaction marked with
+WRITE_OPTION takes the write lock up front (`BEGIN IMMEDIATE`), so that
+concurrent writers queue on the lock instead of failing half-way through.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
-import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,16 +20,11 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.engine import Connection
-from sqlmodel import Session
 
-from users_service.models import EMAIL_UNIQUE_INDEX
 from users_service.settings import Settings
 
-# Execution option that marks a session's transaction as one that writes.
+# Execution option that marks a connection's transaction as one that writes.
 WRITE_OPTION = "users_service_write"
-
-# One lock per SQLite engine: its writers take turns in this process.
-_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
@@ -128,8 +121,6 @@ def _limit_mysql_statements(engine: Engine, timeout_ms: int) -> None:
 
 
 def _configure_sqlite(engine: Engine, settings: Settings) -> None:
-    _SQLITE_WRITE_LOCKS[engine] = threading.Lock()
-
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
         # Hand transaction control to SQLAlchemy's "begin" event below.
@@ -153,89 +144,10 @@ def _configure_sqlite(engine: Engine, settings: Settings) -> None:
 
 
 def configure_threadpool(settings: Settings) -> None:
-    """Size the thread pool that runs sync routes to the connection pool."""
+    """Size the worker threads (MariaDB's statements, SQLite's scanning
+    reads, /readyz) to the connection pool."""
     limiter = anyio.to_thread.current_default_thread_limiter()
     limiter.total_tokens = settings.db_pool_size + settings.db_max_overflow
-
-
-@contextmanager
-def read_session(engine: Engine) -> Iterator[Session]:
-    with Session(engine, expire_on_commit=False) as session:
-        yield session
-
-
-# Closes sessions that a request left holding a connection. A limiter of its
-# own: the request threads' tokens may all be taken by requests waiting for
-# a connection, which only this cleanup can give back.
-_CLEANUP_LIMITER = anyio.CapacityLimiter(4)
-
-
-async def close_session(session: Session) -> None:
-    """Close without blocking the event loop on I/O.
-
-    Routes end their transactions in their own thread (read_transaction,
-    write_transaction), which returns the connection to the pool there;
-    then closing is pure Python. Otherwise the close, and the connection's
-    reset, run on a thread.
-    """
-    if session.in_transaction():
-        await anyio.to_thread.run_sync(session.close, limiter=_CLEANUP_LIMITER)
-    else:
-        session.close()
-
-
-@contextmanager
-def read_transaction(session: Session) -> Iterator[None]:
-    """Run the block's reads in one transaction, ended (and its connection
-    returned to the pool) when the block ends."""
-    try:
-        yield
-    finally:
-        session.rollback()
-
-
-@contextmanager
-def write_transaction(session: Session) -> Iterator[None]:
-    """Run the block as one write transaction: committed when the block
-    ends normally, rolled back when it raises. A write_transaction inside
-    another joins it (the outer one commits).
-
-    On SQLite the write lock is taken when the block starts (BEGIN
-    IMMEDIATE) rather than at the first write, when a transaction that
-    already read could only fail; and writers of one process queue on a
-    Python lock first, in order, instead of polling SQLite's lock (other
-    processes still wait on busy_timeout).
-    """
-    if session.info.get(WRITE_OPTION):  # inside another write_transaction: join it
-        yield
-        return
-    bind = session.get_bind()
-    lock = _SQLITE_WRITE_LOCKS.get(bind) if isinstance(bind, Engine) else None
-    with lock or nullcontext():
-        session.connection(execution_options={WRITE_OPTION: True})
-        session.info[WRITE_OPTION] = True
-        try:
-            yield
-        except BaseException:
-            session.rollback()
-            raise
-        else:
-            if session.in_transaction():
-                session.commit()
-        finally:
-            session.info.pop(WRITE_OPTION, None)
-
-
-def is_unique_violation(error: exc.IntegrityError, index: str = EMAIL_UNIQUE_INDEX) -> bool:
-    """Whether the database refused a row because of the given unique index.
-
-    Each driver words it differently; all of them name the index (SQLite
-    names the column instead).
-    """
-    message = str(error.orig)
-    if index in message:
-        return True
-    return "UNIQUE constraint failed: users.email" in message and index == EMAIL_UNIQUE_INDEX
 
 
 def is_unavailable(error: BaseException) -> bool:

@@ -109,10 +109,10 @@ class Settings(BaseSettings):
     # that is the sole way in).
     forwarded_allow_ips: str = "127.0.0.1"
 
-    # Connections per process. Every route that touches the database holds
-    # one connection for its whole run, so the thread pool that runs those
-    # routes is sized to the pool: a request never waits on a connection
-    # while holding a thread (see users_service.db.configure_threadpool).
+    # Connections per process to PostgreSQL / MariaDB (SQLite: two, plus
+    # these for reads that may scan). A request holds one only while its
+    # statements run; one waiting longer than DB_POOL_TIMEOUT_SECONDS
+    # answers 503.
     db_pool_size: Annotated[int, Field(ge=1, le=1000)] = 20
     db_max_overflow: Annotated[int, Field(ge=0, le=1000)] = 0
     db_pool_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0

@@ -1,7 +1,10 @@
-"""What routes depend on, as type aliases: `DatabaseDep`, `UserIdDep`, ...
+"""What the /users routes read from the request: the database, the user id,
+the precondition and idempotency headers, and their OpenAPI declarations.
 
-Dependencies that do no I/O are `async def`: FastAPI runs a plain `def`
-dependency in the thread pool, a thread hop per dependency per request.
+Plain functions of the request rather than FastAPI dependencies: FastAPI
+resolves each dependency, and validates each declared parameter kind, on
+every request, which the profile showed as 40% of a GET (README,
+"Throughput"). The functions answer bad input exactly as FastAPI would.
 """
 
 from __future__ import annotations
