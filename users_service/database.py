@@ -454,19 +454,15 @@ def _still_open(raw: psycopg.AsyncConnection[Any]) -> bool:
     return not readable
 
 
-class PostgresDatabase(Database):
+class PooledDatabase(Database):
+    """A pool of our own: DB_POOL_SIZE + DB_MAX_OVERFLOW connections at most,
+    a request waiting DB_POOL_TIMEOUT_SECONDS for one at most (then 503)."""
+
     def __init__(self, engine: Engine, settings: Settings) -> None:
         super().__init__(engine, settings)
-        url = engine.url.set(drivername="postgresql")
-        self._connect_args = postgresql_connect_args(
-            settings, url.query.get("options"), "-c TimeZone=UTC"
-        )
-        self._conninfo = url.difference_update_query(["options"]).render_as_string(
-            hide_password=False
-        )
-        self._acquire_timeout = settings.db_pool_timeout_seconds
         self._size = settings.db_pool_size + settings.db_max_overflow
-        self._idle: deque[psycopg.AsyncConnection[Any]] = deque()
+        self._acquire_timeout = settings.db_pool_timeout_seconds
+        self._idle: deque[Any] = deque()
         self._slots: asyncio.Semaphore | None = None
 
     async def start(self) -> None:
@@ -476,22 +472,38 @@ class PostgresDatabase(Database):
         free = self._slots._value if self._slots is not None else self._size
         return self._size - free, len(self._idle)
 
+    async def _take_slot(self) -> asyncio.Semaphore:
+        slots = self._slots
+        assert slots is not None, "Database.start() was not called"
+        if not slots.locked():
+            await slots.acquire()  # free: no timer needed
+            return slots
+        try:
+            await asyncio.wait_for(slots.acquire(), self._acquire_timeout)
+        except TimeoutError:
+            raise DatabaseUnavailable("no database connection free") from None
+        return slots
+
+
+class PostgresDatabase(PooledDatabase):
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        super().__init__(engine, settings)
+        url = engine.url.set(drivername="postgresql")
+        self._connect_args = postgresql_connect_args(
+            settings, url.query.get("options"), "-c TimeZone=UTC"
+        )
+        self._conninfo = url.difference_update_query(["options"]).render_as_string(
+            hide_password=False
+        )
+
     async def close(self) -> None:
         while self._idle:
             await self._idle.pop().close()
 
     async def _acquire(self) -> psycopg.AsyncConnection[Any]:
-        slots = self._slots
-        assert slots is not None, "Database.start() was not called"
-        if slots.locked():
-            try:
-                await asyncio.wait_for(slots.acquire(), self._acquire_timeout)
-            except TimeoutError:
-                raise DatabaseUnavailable("no database connection free") from None
-        else:
-            await slots.acquire()
+        slots = await self._take_slot()
         while self._idle:
-            raw = self._idle.pop()
+            raw: psycopg.AsyncConnection[Any] = self._idle.pop()
             if _still_open(raw):
                 return raw
             await raw.close()
@@ -547,7 +559,7 @@ class PostgresDatabase(Database):
 _MYSQL_UNAVAILABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
 
 
-class MySQLDatabase(Database):
+class MySQLDatabase(PooledDatabase):
     """PyMySQL connections in a pool of our own, each statement on a thread.
 
     The connections are made by the SQLAlchemy engine (its connect options
@@ -556,20 +568,6 @@ class MySQLDatabase(Database):
     another (SQLAlchemy's pool would roll back a connection it finds
     unreferenced, on whatever thread that happens).
     """
-
-    def __init__(self, engine: Engine, settings: Settings) -> None:
-        super().__init__(engine, settings)
-        self._size = settings.db_pool_size + settings.db_max_overflow
-        self._acquire_timeout = settings.db_pool_timeout_seconds
-        self._idle: deque[Any] = deque()  # detached pool fairies
-        self._slots: asyncio.Semaphore | None = None
-
-    async def start(self) -> None:
-        self._slots = asyncio.Semaphore(self._size)
-
-    def pool_usage(self) -> tuple[int, int]:
-        free = self._slots._value if self._slots is not None else self._size
-        return self._size - free, len(self._idle)
 
     async def close(self) -> None:
         while self._idle:
@@ -590,12 +588,7 @@ class MySQLDatabase(Database):
             return False
 
     async def _acquire(self) -> Any:
-        slots = self._slots
-        assert slots is not None, "Database.start() was not called"
-        try:
-            await asyncio.wait_for(slots.acquire(), self._acquire_timeout)
-        except TimeoutError:
-            raise DatabaseUnavailable("no database connection free") from None
+        slots = await self._take_slot()
         try:
             while self._idle:
                 fairy = self._idle.pop()
