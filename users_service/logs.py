@@ -42,8 +42,7 @@ class JSONFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": utc_timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": mask_emails(record.getMessage()),
@@ -56,11 +55,21 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
+def utc_timestamp(created: float) -> str:
+    """`2026-11-27T21:37:05.399Z`: the time of every line, JSON or text."""
+    second = int(created)
+    milliseconds = int((created - second) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + f".{milliseconds:03d}Z"
+
+
 class TextFormatter(logging.Formatter):
     """`time level logger message request_id=...`, for people."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return utc_timestamp(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
         record.msg, record.args = mask_emails(record.getMessage()), None
@@ -198,6 +207,8 @@ def configure_logging(settings: Settings, *, buffered: bool = True) -> None:
         logger.propagate = True
     # Our access log replaces uvicorn's (which would log query strings).
     logging.getLogger("uvicorn.access").disabled = True
+    # Alembic's start-up chatter (its plugins, read at start-up) is not news.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def flush_logs() -> None:
