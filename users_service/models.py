@@ -9,7 +9,6 @@ from a validated `UserCreate` / `UserReplace` / `UserUpdate`.
 from __future__ import annotations
 
 import re
-import unicodedata
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -66,8 +65,13 @@ UserIdType = Uuid().with_variant(Uuid(native_uuid=False), "mysql", "mariadb")
 AnswerBody = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 
 
+# Unicode's control characters (category Cc) and lone surrogates (Cs):
+# exactly these ranges (tests/test_models.py checks every code point).
+_FORBIDDEN_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _has_forbidden_characters(value: str) -> bool:
-    return any(unicodedata.category(char) in ("Cc", "Cs") for char in value)
+    return _FORBIDDEN_CHARACTERS.search(value) is not None
 
 
 def check_name(value: str) -> str:
