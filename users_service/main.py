@@ -67,6 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.dispose()
 
     app = FastAPI(
+        # The routers' routes themselves, not include_router(): FastAPI 0.165
+        # matches an included router as a second level of routes, a seventh
+        # of a GET's cost in the profile (README, "Throughput").
+        routes=[*users.router.routes, *health.router.routes],
         title="users-service",
         version=__version__,
         description=DESCRIPTION,
@@ -87,8 +91,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list)
     app.add_middleware(RequestContextMiddleware, access_log=access_log(settings))
-    app.include_router(users.router)
-    app.include_router(health.router)
     docs.install_docs(app)
     docs.document_api_keys(app)
     return app
