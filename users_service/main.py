@@ -71,6 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # matches an included router as a second level of routes, a seventh
         # of a GET's cost in the profile (README, "Throughput").
         routes=[*users.router.routes, *health.router.routes],
+        # Our own metrics and logs (metrics.py, logs.py); FastAPI's
+        # OpenTelemetry hooks would only check the environment per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         title="users-service",
         version=__version__,
         description=DESCRIPTION,

@@ -67,6 +67,15 @@ def user_response(user: crud.UserRecord, status_code: int = 200, **headers: str)
     )
 
 
+def next_page_path(request: Request, cursor: str) -> str:
+    """This request's path and query with `cursor` in place of any cursor it
+    had. The rest of the query string stays as the caller encoded it (a
+    cursor is URL-safe as it is)."""
+    query = request.scope["query_string"].decode("latin-1")
+    kept = [part for part in query.split("&") if part and not part.startswith("cursor=")]
+    return f"{request.url.path}?{'&'.join([*kept, f'cursor={cursor}'])}"
+
+
 # Routes are matched in this order: the most used first (see README, "Throughput").
 
 
@@ -132,8 +141,7 @@ async def list_users(request: Request) -> Response:
     if page.more:
         last = order.key_of(orjson.loads(page.users[-1]))
         next_cursor = cursors.encode(order, context, last)
-        next_url = request.url.include_query_params(cursor=next_cursor)
-        headers["Link"] = f'<{next_url.path}?{next_url.query}>; rel="next"'
+        headers["Link"] = f'<{next_page_path(request, next_cursor)}>; rel="next"'
     body = '{"items":[' + ",".join(page.users) + "],"
     body += '"next_cursor":' + orjson.dumps(next_cursor).decode()
     if page.total is not None:
