@@ -114,9 +114,9 @@ def page_statement(
     dialect: str,
 ) -> Select[Any]:
     """The API's statement for this page, with its values in it."""
-    filters = tuple(filter_values(query))
-    statement = crud_page_statement(filters, order, after=after is not None, dialect=dialect)
-    return statement.params(page_values(query, after))
+    values = filter_values(query)
+    statement = crud_page_statement(tuple(values), order, after=after is not None, dialect=dialect)
+    return statement.params(page_values(values, query.limit, after))
 
 
 @pytest.mark.parametrize("sort", SORT_VALUES)

@@ -335,9 +335,12 @@ def filter_values(query: UserListQuery) -> dict[str, Any]:
     return values
 
 
-def page_values(query: UserListQuery, after: tuple[Any, uuid.UUID] | None) -> dict[str, Any]:
-    """The values of page_statement's parameters for this query."""
-    values = {**filter_values(query), "limit": query.limit + 1}
+def page_values(
+    filters: Mapping[str, Any], limit: int, after: tuple[Any, uuid.UUID] | None
+) -> dict[str, Any]:
+    """The values of page_statement's parameters: the filters' (filter_values),
+    one row more than `limit`, and the key to start after."""
+    values = {**filters, "limit": limit + 1}
     if after is not None:
         values["after_value"], values["after_id"] = after
     return values
@@ -388,16 +391,17 @@ async def list_users(
     """One page in `order`, starting after the key `after`, and (when asked)
     how many users match the filters."""
     dialect = connection.dialect.name
-    filters = tuple(filter_values(query))
+    values = filter_values(query)
+    filters = tuple(values)
     page = compiled(
         connection,
         ("page", filters, str(order), after is not None),
         lambda: page_statement(filters, order, after=after is not None, dialect=dialect),
     )
-    rows = await connection.all(page, page_values(query, after))
+    rows = await connection.all(page, page_values(values, query.limit, after))
     total = None
     if query.include_total:
         count = compiled(connection, ("count", filters), lambda: count_statement(filters))
-        row = await connection.one(count, filter_values(query))
+        row = await connection.one(count, values)
         total = row[0] if row else 0
     return Page([row[0] for row in rows[: query.limit]], len(rows) > query.limit, total)

@@ -41,8 +41,8 @@ import select
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any, Protocol, cast
 
 import anyio.to_thread
@@ -76,6 +76,21 @@ def unavailable(error: Exception) -> DatabaseUnavailable:
     """Our exception for a driver's error that means the database is not there."""
     kind = StatementTimeout if is_statement_timeout(error) else DatabaseUnavailable
     return kind(str(error))
+
+
+@contextmanager
+def _translated(
+    connection: Any, unique: type[Exception], unreachable: tuple[type[Exception], ...]
+) -> Iterator[None]:
+    """A driver's errors as ours: `unique` as UniqueViolation, `unreachable`
+    as DatabaseUnavailable (and the connection marked failed)."""
+    try:
+        yield
+    except unique as error:
+        raise UniqueViolation(str(error)) from None
+    except unreachable as error:
+        connection.failed = True
+        raise unavailable(error) from error
 
 
 class Statement:
@@ -149,12 +164,9 @@ class Connection(Protocol):
 class Database:
     """What every database offers the request path."""
 
-    name: str  # "sqlite", "postgresql" or "mysql"
-
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.dialect = engine.dialect
-        self.name = engine.dialect.name
 
     def read(self, *, heavy: bool = False) -> AbstractAsyncContextManager[Connection]:
         """Reads; `heavy` for those that may scan many rows."""
@@ -180,20 +192,20 @@ class Database:
 # SQLite
 
 
+_SQLITE_UNAVAILABLE = (sqlite3.OperationalError,)
+
+
 class _SQLiteConnection:
     """A sqlite3 connection used on the event loop (its calls do not wait on I/O)."""
 
     def __init__(self, raw: sqlite3.Connection, dialect: Dialect) -> None:
         self.raw = raw
         self.dialect = dialect
+        self.failed = False
 
     def _execute(self, statement: Statement, values: Mapping[str, Any]) -> sqlite3.Cursor:
-        try:
+        with _translated(self, sqlite3.IntegrityError, _SQLITE_UNAVAILABLE):
             return self.raw.execute(statement.sql, statement.params(values))
-        except sqlite3.IntegrityError as error:
-            raise UniqueViolation(str(error)) from None
-        except sqlite3.OperationalError as error:
-            raise unavailable(error) from error
 
     async def one(self, statement: Statement, values: Mapping[str, Any] = {}) -> Row | None:
         row: Row | None = self._execute(statement, values).fetchone()
@@ -206,12 +218,8 @@ class _SQLiteConnection:
         return self._execute(statement, values).rowcount
 
     async def run_many(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
-        try:
+        with _translated(self, sqlite3.IntegrityError, _SQLITE_UNAVAILABLE):
             self.raw.executemany(statement.sql, [statement.params(row) for row in rows])
-        except sqlite3.IntegrityError as error:
-            raise UniqueViolation(str(error)) from None
-        except sqlite3.OperationalError as error:
-            raise unavailable(error) from error
 
 
 class _ThreadedConnection:
@@ -247,9 +255,10 @@ class _ThreadedConnection:
         self, statement: Statement, values: Any, many: bool = False
     ) -> tuple[list[Row], int]:
         try:
-            return await anyio.to_thread.run_sync(
-                self._call, statement, values, many, abandon_on_cancel=True
-            )
+            with _translated(self, self._integrity, self._unavailable):
+                return await anyio.to_thread.run_sync(
+                    self._call, statement, values, many, abandon_on_cancel=True
+                )
         except anyio.get_cancelled_exc_class():
             # The request was cancelled (a shutdown's grace ran out) with the
             # statement still running on its thread: the connection is that
@@ -257,11 +266,6 @@ class _ThreadedConnection:
             # the statement is cancelled (see _release_threaded).
             self.failed = self.abandoned = True
             raise
-        except self._integrity as error:
-            raise UniqueViolation(str(error)) from None
-        except self._unavailable as error:
-            self.failed = True
-            raise unavailable(error) from error
 
     async def one(self, statement: Statement, values: Mapping[str, Any] = {}) -> Row | None:
         rows, _ = await self._run(statement, values)
@@ -303,6 +307,7 @@ class SQLiteDatabase(Database):
         self._writer: _SQLiteConnection | None = None
         self._write_turn = asyncio.Lock()
         self._batch: asyncio.Future[None] | None = None
+        # The batch's commit task; held so that it is not collected early.
         self._committing: asyncio.Task[None] | None = None
 
     def _connection(self) -> _SQLiteConnection:
@@ -335,7 +340,7 @@ class SQLiteDatabase(Database):
             fairy.driver_connection,
             self.dialect,
             sqlite3.IntegrityError,
-            (sqlite3.OperationalError,),
+            _SQLITE_UNAVAILABLE,
         )
         try:
             yield connection
@@ -376,9 +381,9 @@ class SQLiteDatabase(Database):
                 if time.monotonic() > deadline:
                     raise unavailable(error) from error
             await asyncio.sleep(pause)
-            pause = min(
-                pause * 2, 0.004
-            )  # short: a long sleep loses the lock to the other process for good
+            # Short pauses: a writer that sleeps long keeps losing the lock
+            # to the other process's writers.
+            pause = min(pause * 2, 0.004)
 
     async def _commit(self, raw: sqlite3.Connection) -> None:
         """Commit the open batch after the writes queued before this call have run."""
@@ -390,7 +395,7 @@ class SQLiteDatabase(Database):
             except sqlite3.Error as error:
                 if raw.in_transaction:
                     raw.execute("ROLLBACK")
-                batch.set_exception(DatabaseUnavailable(str(error)))
+                batch.set_exception(unavailable(error))
                 batch.exception()  # retrieved here; every writer in the batch re-raises it
             else:
                 batch.set_result(None)
@@ -398,6 +403,9 @@ class SQLiteDatabase(Database):
 
 # --------------------------------------------------------------------------
 # PostgreSQL
+
+
+_POSTGRES_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class _PostgresConnection:
@@ -409,13 +417,8 @@ class _PostgresConnection:
     async def _execute(
         self, statement: Statement, values: Mapping[str, Any]
     ) -> psycopg.AsyncCursor[Any]:
-        try:
+        with _translated(self, psycopg.errors.UniqueViolation, _POSTGRES_UNAVAILABLE):
             return await self.raw.execute(statement.sql, statement.params(values))
-        except psycopg.errors.UniqueViolation as error:
-            raise UniqueViolation(str(error)) from None
-        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-            self.failed = True
-            raise unavailable(error) from error
 
     async def one(self, statement: Statement, values: Mapping[str, Any] = {}) -> Row | None:
         cursor = await self._execute(statement, values)
@@ -431,14 +434,9 @@ class _PostgresConnection:
         return cursor.rowcount
 
     async def run_many(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
-        try:
+        with _translated(self, psycopg.errors.UniqueViolation, _POSTGRES_UNAVAILABLE):
             async with self.raw.cursor() as cursor:
                 await cursor.executemany(statement.sql, [statement.params(row) for row in rows])
-        except psycopg.errors.UniqueViolation as error:
-            raise UniqueViolation(str(error)) from None
-        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-            self.failed = True
-            raise unavailable(error) from error
 
 
 def _still_open(raw: psycopg.AsyncConnection[Any]) -> bool:
@@ -546,7 +544,7 @@ class PostgresDatabase(PooledDatabase):
             try:
                 async with connection.raw.transaction():
                     yield connection
-            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+            except _POSTGRES_UNAVAILABLE as error:
                 connection.failed = True  # at BEGIN or COMMIT
                 raise unavailable(error) from error
         finally:

@@ -149,7 +149,10 @@ async def claim(
         **claimed.where(),
         "request_hash": request_hash,
         "created_at": now,
-        **{"status": None, "headers": None, "body": None},
+        # In flight: no answer yet.
+        "status": None,
+        "headers": None,
+        "body": None,
     }
     for _ in range(3):  # a row that vanishes between our insert and read: try again
         try:

@@ -114,6 +114,11 @@ class AccessLog:
     rest of the line's work). Same format and stream as the logging module's
     lines, under the logger name ACCESS_LOGGER."""
 
+    @classmethod
+    def for_settings(cls, settings: Settings) -> AccessLog:
+        """The app's access log (its owner flushes it every FLUSH_SECONDS)."""
+        return cls(settings.effective_log_format, settings.log_level.value in ("DEBUG", "INFO"))
+
     def __init__(self, log_format: LogFormat, enabled: bool) -> None:
         self.enabled = enabled
         self._json = log_format is LogFormat.json
@@ -173,14 +178,6 @@ class AccessLog:
 
 
 _handler: BufferedHandler | None = None
-_access_logs: list[AccessLog] = []
-
-
-def access_log(settings: Settings) -> AccessLog:
-    """The access log of an app made with `settings` (flushed by flush_logs)."""
-    log = AccessLog(settings.effective_log_format, settings.log_level.value in ("DEBUG", "INFO"))
-    _access_logs.append(log)
-    return log
 
 
 def configure_logging(settings: Settings, *, buffered: bool = True) -> None:
@@ -214,5 +211,3 @@ def configure_logging(settings: Settings, *, buffered: bool = True) -> None:
 def flush_logs() -> None:
     if _handler is not None:
         _handler.flush()
-    for log in _access_logs:
-        log.flush()

@@ -20,7 +20,7 @@ from users_service.db import (
 )
 from users_service.errors import install_error_handlers
 from users_service.idempotency import sweep_expired_idempotency_keys
-from users_service.logs import FLUSH_SECONDS, access_log, configure_logging, flush_logs
+from users_service.logs import FLUSH_SECONDS, AccessLog, configure_logging, flush_logs
 from users_service.metrics import set_pool_usage
 from users_service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from users_service.pagination import CursorCodec
@@ -33,11 +33,13 @@ a stable `code`; every answer carries `X-Request-ID`.
 """
 
 
-async def every_second(database: Database) -> None:
-    """Write out buffered log lines; sample the connection pool for /metrics."""
+async def flush_and_sample(database: Database, access_log: AccessLog) -> None:
+    """Every FLUSH_SECONDS: write out buffered log lines; sample the
+    connection pool for /metrics."""
     while True:
         await asyncio.sleep(FLUSH_SECONDS)
         flush_logs()
+        access_log.flush()
         set_pool_usage(*database.pool_usage())
 
 
@@ -46,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings)
     engine = create_db_engine(settings)
     database = create_database(engine, settings)
+    access_log = AccessLog.for_settings(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -57,12 +60,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         background = [
             asyncio.create_task(sweep_expired_idempotency_keys(database)),
-            asyncio.create_task(every_second(database)),
+            asyncio.create_task(flush_and_sample(database, access_log)),
         ]
         yield
         for task in background:
             task.cancel()
         flush_logs()
+        access_log.flush()
         await database.close()
         engine.dispose()
 
@@ -93,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: request ids, then API keys, then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list)
-    app.add_middleware(RequestContextMiddleware, access_log=access_log(settings))
+    app.add_middleware(RequestContextMiddleware, access_log=access_log)
     docs.install_docs(app)
     docs.document_api_keys(app)
     return app
