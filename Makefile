@@ -2,9 +2,12 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
+# What each target needs set up first; `make SETUP= ...` runs a target with
+# the interpreter in VENV as it is (the scratch-copy test does).
+SETUP  ?= $(STAMP)
 
-.PHONY: run migrate revision test lint install clean seed bench bench-scale openapi import export bench-transfer
+.PHONY: run migrate revision test test-fast lint install clean seed bench bench-scale openapi import export bench-transfer
 
 install: $(STAMP)
 
@@ -12,19 +15,22 @@ $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed (set PYTHON=...)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e . -e clients/python
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 run: migrate
 	$(BIN)/python -m users_service serve
 
-migrate: $(STAMP)
+migrate: $(SETUP)
 	$(BIN)/python -m users_service migrate
 
-revision: $(STAMP)
+# After a change to users_service/models.py: the migration, then everything
+# derived from the model that is committed (openapi.json, the client's types).
+revision: migrate
 	@test -n "$(m)" || (echo 'usage: make revision m="what changes"'; exit 2)
 	$(BIN)/alembic revision --autogenerate -m "$(m)"
+	$(MAKE) --no-print-directory openapi SETUP=
 
 seed: migrate
 	@test -n "$(N)" || (echo 'usage: make seed N=1000000'; exit 2)
@@ -35,28 +41,34 @@ import: migrate
 	$(BIN)/users-service import $(FILE) $(ARGS)
 
 # Writes to OUTPUT (default: standard output); FORMAT=csv for CSV.
-export: $(STAMP)
+export: $(SETUP)
 	@$(BIN)/users-service export $(if $(FORMAT),--format $(FORMAT)) $(if $(OUTPUT),--output $(OUTPUT)) $(ARGS)
 
-bench-transfer: $(STAMP)
+bench-transfer: $(SETUP)
 	$(BIN)/python -m benchmarks.transfer
 
-bench: $(STAMP)
+bench: $(SETUP)
 	@command -v wrk >/dev/null || (echo 'wrk is not installed: apt-get install wrk'; exit 2)
 	$(BIN)/python -m benchmarks.throughput
 
-bench-scale: $(STAMP)
+bench-scale: $(SETUP)
 	@command -v wrk >/dev/null || (echo 'wrk is not installed: apt-get install wrk'; exit 2)
 	$(BIN)/python -m benchmarks.scale
 
-# The committed OpenAPI document; tests/test_openapi.py fails when it is out of date.
-openapi: $(STAMP)
+# The committed OpenAPI document and the client's types generated from it;
+# tests fail when either is out of date.
+openapi: $(SETUP)
 	$(BIN)/python -m users_service openapi --output openapi.json
+	$(BIN)/python clients/python/generate.py openapi.json clients/python/users_service_client/models.py
 
-test: $(STAMP)
+test: $(SETUP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+# Unit and in-process API tests on SQLite only: the quick loop while editing.
+test-fast: $(SETUP)
+	TEST_DATABASE_URLS= $(BIN)/python -m pytest -m "unit or api" -q $(PYTEST_ARGS)
+
+lint: $(SETUP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from tests.databases import create_fresh_database, migrate
-from users_service.db import create_db_engine
+from users_service.db.engine import create_db_engine
 from users_service.settings import load_settings
 
 SERVER_URLS = {

@@ -30,14 +30,13 @@ from sqlalchemy import func, select
 from benchmarks.databases import analyze, backends, fresh_database
 from benchmarks.wrk import WrkResult, require_wrk, run_wrk
 from tests.server import REPO_ROOT, free_port, service_env
-from users_service.models import User
+from users_service.models import users
 from users_service.seed import seed_users
 
 LUA = Path(__file__).resolve().parent / "lua"
 SEEDED = int(os.environ.get("BENCH_USERS", "100000"))
 CONNECTIONS = 64
 ENDPOINTS = ("GET /users/{id}", "GET /users?limit=50", "POST /users", "PATCH /users/{id}")
-users = User.__table__  # type: ignore[attr-defined]
 API_KEY = secrets.token_urlsafe(24)
 
 
@@ -97,7 +96,7 @@ def serve_ceiling(workers: int, log: Path) -> AbstractContextManager[Server]:
 
 
 def serve_service(url: str, workers: int, log: Path) -> AbstractContextManager[Server]:
-    """The service as the README recommends running it in production: JSON
+    """The service as docs/operations.md recommends running it in production: JSON
     access log on (to a file), metrics on, API keys required."""
     env = service_env(
         DATABASE_URL=url,

@@ -2,13 +2,20 @@
 
 `client` is an httpx client (Starlette's TestClient) on the ASGI app, one
 app per database for the whole session; each test starts from an empty
-`users` table. Tests that need their own database use
+`users` table. `keyed` is the same on an app that requires API keys
+(`WRITER_KEY`, `READER_KEY`). Tests that need their own database use
 `databases.create_fresh_database`.
+
+Tests come in three levels, by folder, each with its marker: `unit`
+(functions, and the database layer on each database), `api` (the app in
+process) and `system` (real processes, databases stopped and killed,
+browsers). `make test-fast` runs the first two on SQLite.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -16,9 +23,20 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete
 
 from tests.databases import backend_ids, create_fresh_database, migrate
+from tests.helpers import READER_KEY, WRITER_KEY
 from users_service.main import create_app
-from users_service.models import User
+from users_service.models import idempotency_keys, users
 from users_service.settings import Settings, load_settings
+
+LEVELS = ("unit", "api", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its level: the folder it is in."""
+    for item in items:
+        level = Path(str(item.path)).parent.name
+        if level in LEVELS:
+            item.add_marker(getattr(pytest.mark, level))
 
 
 @pytest.fixture(scope="session", params=backend_ids())
@@ -43,7 +61,7 @@ def settings(database_url: str) -> Settings:
 def app(settings: Settings) -> Iterator[FastAPI]:
     application = create_app(settings)
     yield application
-    application.state.engine.dispose()
+    application.state.database.engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +73,35 @@ def session_client(app: FastAPI) -> Iterator[TestClient]:
 @pytest.fixture
 def client(session_client: TestClient, app: FastAPI) -> TestClient:
     """A client on an app whose users table is empty."""
-    with app.state.engine.begin() as connection:
-        connection.execute(delete(User.__table__))  # type: ignore[attr-defined]
+    with app.state.database.engine.begin() as connection:
+        connection.execute(delete(users))
     return session_client
+
+
+@pytest.fixture(scope="session")
+def keyed_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
+    """An app with a writer and a reader key, on a SQLite database of its own
+    (authentication does not touch the database)."""
+    url = create_fresh_database("sqlite", tmp_path_factory.mktemp("api-keys"))
+    migrate(url)
+    app = create_app(
+        load_settings(
+            database_url=url,
+            environment="test",
+            log_level="WARNING",
+            api_keys=f"writer:{WRITER_KEY}",
+            api_read_keys=f"reader:{READER_KEY}",
+        )
+    )
+    yield app
+    app.state.database.engine.dispose()
+
+
+@pytest.fixture
+def keyed(keyed_app: FastAPI) -> Iterator[TestClient]:
+    """A client on the keyed app, its tables emptied."""
+    with keyed_app.state.database.engine.begin() as connection:
+        for table in (users, idempotency_keys):
+            connection.execute(delete(table))
+    with TestClient(keyed_app, raise_server_exceptions=False) as test_client:
+        yield test_client

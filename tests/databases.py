@@ -15,7 +15,7 @@ from alembic import command
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from users_service.db import alembic_config
+from users_service.db.schema import alembic_config
 from users_service.settings import load_settings
 
 

@@ -13,6 +13,12 @@ from fastapi.testclient import TestClient
 from httpx import Response
 
 _serial = itertools.count(1)
+
+# The keys of the `keyed_app` fixture (tests/conftest.py).
+WRITER_KEY = "w-key-123"
+READER_KEY = "r-key-456"
+WRITER = {"Authorization": f"Bearer {WRITER_KEY}"}
+READER = {"Authorization": f"Bearer {READER_KEY}"}
 T = TypeVar("T")
 
 

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         from alembic import command
 
-        from users_service.db import alembic_config
+        from users_service.db.schema import alembic_config
 
         command.upgrade(alembic_config(settings.database_url), "head")
         return 0
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "seed":
         import time
 
-        from users_service.db import create_db_engine
+        from users_service.db.engine import create_db_engine
         from users_service.seed import seed_users
 
         # A bulk load is no request: DB_STATEMENT_TIMEOUT_MS does not apply.
@@ -154,7 +154,13 @@ def _add_transfer_commands(commands: argparse._SubParsersAction[argparse.Argumen
     load = commands.add_parser(
         "import", help="import users from a CSV or JSON Lines file (streamed, in batches)"
     )
-    load.add_argument("file", type=Path, help="name,email,age[,id,created_at,updated_at,version]")
+    from users_service.transfer import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+
+    load.add_argument(
+        "file",
+        type=Path,
+        help=f"columns {','.join(REQUIRED_COLUMNS)}[,{','.join(OPTIONAL_COLUMNS)}]",
+    )
     load.add_argument(
         "--format", choices=formats, help="default: from the extension (.csv, .jsonl, .ndjson)"
     )
@@ -185,7 +191,7 @@ def _transfer(args: argparse.Namespace, settings: Settings) -> int:
 
     from sqlalchemy.exc import DBAPIError
 
-    from users_service.db import create_db_engine
+    from users_service.db.engine import create_db_engine
     from users_service.transfer import TransferError, export_users, import_file
 
     engine = create_db_engine(settings)

@@ -1,13 +1,15 @@
 """The database work on users, as plain async functions of a connection.
 
-Statements are SQLAlchemy Core built from the `User` table and compiled
-once per database (database.compiled). Reads select the user as the API's
-JSON object, rendered by the database itself (`user_json`): a page of 50
-users is 50 strings to join, not 350 values to convert in Python. Writes
-know the values they wrote and render them here (`to_record`), the same way.
+They know nothing of HTTP: they take validated models and values, and raise
+the domain errors of errors.py (`UserNotFound`, `EmailTaken`,
+`VersionMismatch`). Statements are SQLAlchemy Core built from the `users`
+table and compiled once per database (db/statements.py). Reads select the
+user as the API's JSON object, rendered by the database itself; writes know
+the values they wrote and render them in Python, the same way
+(db/rendering.py).
 
 Uniqueness of emails is left to the database's unique index; its refusal
-is turned into 409 `email_taken` (no check-then-insert).
+becomes `EmailTaken` (no check-then-insert).
 """
 
 from __future__ import annotations
@@ -25,94 +27,27 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
-    Text,
     bindparam,
-    cast,
     delete,
     func,
     insert,
-    literal_column,
     select,
     text,
     update,
 )
 
-from users_service.database import Connection, UniqueViolation, compiled
-from users_service.errors import email_taken, user_not_found, version_mismatch
-from users_service.models import User, UserFields, UserListQuery
-from users_service.pagination import SortOrder, as_utc
+from users_service.db.database import Connection
+from users_service.db.errors import UniqueViolation
+from users_service.db.rendering import UserRecord, json_value, to_record, user_json
+from users_service.db.statements import compiled
+from users_service.errors import EmailTaken, UserNotFound, VersionMismatch
+from users_service.models import EDITABLE_FIELDS, UserFields, UserListQuery, users
+from users_service.pagination import SortOrder
 from users_service.preconditions import VersionCondition
-
-users = User.__table__  # type: ignore[attr-defined]
-
-UserRecord = dict[str, Any]
-EDITABLE_FIELDS = ("name", "email", "age")
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def to_record(user_id: uuid.UUID | str, values: Mapping[Any, Any]) -> UserRecord:
-    """A user as the API returns it, from the values this process wrote."""
-    return {
-        "id": str(user_id),
-        "name": values["name"],
-        "email": values["email"],
-        "age": values["age"],
-        "created_at": as_utc(values["created_at"]).strftime(TIMESTAMP_FORMAT),
-        "updated_at": as_utc(values["updated_at"]).strftime(TIMESTAMP_FORMAT),
-        "version": values["version"],
-    }
-
-
-# --------------------------------------------------------------------------
-# The user as JSON, rendered by the database: the same text as to_record.
-
-
-def _id_text(dialect: str) -> ColumnElement[str]:
-    if dialect == "postgresql":
-        return cast(users.c.id, Text)
-    # SQLite and MariaDB keep 32 hex digits: put the dashes in.
-    hex_id = users.c.id
-    parts = [func.substr(hex_id, start, length) for start, length in _UUID_GROUPS]
-    joined: ColumnElement[str] = parts[0]
-    for part in parts[1:]:
-        joined = joined.concat("-").concat(part)
-    return joined
-
-
-_UUID_GROUPS = ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))
-
-
-def _timestamp_text(column: Any, dialect: str) -> ColumnElement[str]:
-    if dialect == "postgresql":
-        return func.to_char(
-            func.timezone(literal_column("'UTC'"), column),
-            literal_column("""'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""),
-        )
-    if dialect == "sqlite":  # stored as text: 'YYYY-MM-DD HH:MM:SS.ffffff'
-        return func.replace(column, literal_column("' '"), literal_column("'T'")).concat("Z")
-    return func.date_format(column, "%Y-%m-%dT%H:%i:%s.%fZ")
-
-
-def user_json(dialect: str) -> ColumnElement[str]:
-    """The user as the API's JSON object (text), in the database's own functions."""
-    build = func.json_build_object if dialect == "postgresql" else func.json_object
-    fields = {
-        "id": _id_text(dialect),
-        "name": users.c.name,
-        "email": users.c.email,
-        "age": users.c.age,
-        "created_at": _timestamp_text(users.c.created_at, dialect),
-        "updated_at": _timestamp_text(users.c.updated_at, dialect),
-        "version": users.c.version,
-    }
-    arguments: list[Any] = []
-    for name, value in fields.items():
-        arguments += [literal_column(f"'{name}'"), value]
-    return cast(build(*arguments), Text)
 
 
 @dataclass(frozen=True)
@@ -141,8 +76,8 @@ async def create_user(*, connection: Connection, data: UserFields) -> UserRecord
     try:
         await connection.run(statement, values)
     except UniqueViolation:
-        raise email_taken() from None
-    return to_record(user_id, values)
+        raise EmailTaken() from None
+    return to_record(values)
 
 
 def _user_by_id(dialect: str, *, for_update: bool) -> Select[Any]:
@@ -157,7 +92,7 @@ async def get_user(*, connection: Connection, user_id: uuid.UUID) -> UserJSON:
     statement = compiled(connection, "get_user", lambda: _user_by_id(dialect, for_update=False))
     row = await connection.one(statement, {"user_id": user_id})
     if row is None:
-        raise user_not_found()
+        raise UserNotFound()
     return UserJSON(row[0], row[1])
 
 
@@ -188,11 +123,13 @@ async def update_user(
     )
     row = await connection.one(statement, {"user_id": user_id})
     if row is None:
-        raise user_not_found()
+        raise UserNotFound()
     if expected is not None and not expected.matches(row[1]):
-        raise version_mismatch()
+        raise VersionMismatch()
     user: UserRecord = orjson.loads(row[0])
-    changed = {field: value for field, value in changes.items() if user[field] != value}
+    changed = {
+        field: value for field, value in changes.items() if user[field] != json_value(field, value)
+    }
     if not changed:
         return user
     now = utcnow()
@@ -205,13 +142,9 @@ async def update_user(
             {"user_id": user_id, **{f"new_{key}": value for key, value in values.items()}},
         )
     except UniqueViolation:
-        raise email_taken() from None
-    return {
-        **user,
-        **changed,
-        "updated_at": now.strftime(TIMESTAMP_FORMAT),
-        "version": values["version"],
-    }
+        raise EmailTaken() from None
+    updated = {**changed, "updated_at": now, "version": values["version"]}
+    return {**user, **{field: json_value(field, value) for field, value in updated.items()}}
 
 
 async def delete_user(
@@ -227,14 +160,14 @@ async def delete_user(
         )
         row = await connection.one(statement, {"user_id": user_id})
         if row is None:
-            raise user_not_found()
+            raise UserNotFound()
         if not expected.matches(row[0]):
-            raise version_mismatch()
+            raise VersionMismatch()
     statement = compiled(
         connection, "delete_user", lambda: delete(users).where(users.c.id == bindparam("user_id"))
     )
     if not await connection.run(statement, {"user_id": user_id}):
-        raise user_not_found()
+        raise UserNotFound()
 
 
 # --------------------------------------------------------------------------
@@ -269,7 +202,7 @@ async def create_users(*, connection: Connection, data: Sequence[UserFields]) ->
     first_seen: dict[str, int] = {}
     for index, item in enumerate(data):
         if item.email in first_seen:
-            raise email_taken(loc=("body", "users", index, "email"))
+            raise EmailTaken(loc=("body", "users", index, "email"))
         first_seen[item.email] = index
     now = utcnow()
     rows = [
@@ -289,10 +222,10 @@ async def create_users(*, connection: Connection, data: Sequence[UserFields]) ->
             await connection.run_many(statement, rows)
     except UniqueViolation:
         collided = await _first_taken(connection=connection, emails=[row["email"] for row in rows])
-        raise email_taken(
+        raise EmailTaken(
             loc=("body", "users") if collided is None else ("body", "users", collided, "email")
         ) from None
-    return [to_record(row["id"], row) for row in rows]
+    return [to_record(row) for row in rows]
 
 
 async def _first_taken(*, connection: Connection, emails: Sequence[str]) -> int | None:

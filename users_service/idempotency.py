@@ -1,5 +1,8 @@
 """Idempotency-Key: a retried create answers what the first one answered.
 
+This module keeps the keys and their answers in the database; the HTTP flow
+around a route (read the header, replay, store) is api/idempotent.py.
+
 A key is claimed in the database before the request runs (its own short
 transaction, so a second request with the same key sees it at once and is
 told 409 `idempotency_key_in_use`). A success stores its answer in the same
@@ -19,68 +22,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, delete, insert, select, update
-from starlette.responses import Response
 
-from users_service.database import Connection, Database, UniqueViolation, compiled
-from users_service.errors import Problem
-from users_service.models import IdempotencyKey
-from users_service.pagination import as_utc
+from users_service.db.database import Connection, Database
+from users_service.db.errors import UniqueViolation
+from users_service.db.rendering import as_utc
+from users_service.db.statements import compiled
+from users_service.errors import IdempotencyKeyInUse, IdempotencyKeyReused
+from users_service.models import idempotency_keys as keys
 
 logger = logging.getLogger("users_service.idempotency")
-keys = IdempotencyKey.__table__  # type: ignore[attr-defined]
 
 HEADER = "Idempotency-Key"
-REPLAYED_HEADER = "Idempotency-Replayed"
-KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
+KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 TIME_TO_LIVE = timedelta(hours=24)
 IN_FLIGHT_TIMEOUT = timedelta(minutes=2)
-# Headers an answer is replayed with (besides its body and content type).
-KEPT_HEADERS = ("location", "etag", "content-type")
-
-
-def key_in_use() -> Problem:
-    return Problem(
-        409,
-        "idempotency_key_in_use",
-        "A request with this Idempotency-Key is still in progress; retry shortly",
-    )
-
-
-def key_reused() -> Problem:
-    return Problem(
-        422,
-        "idempotency_key_reused",
-        "This Idempotency-Key was used with a different request body",
-        errors=[
-            {
-                "loc": ["header", HEADER],
-                "msg": "key already used with another body",
-                "type": "idempotency_key_reused",
-            }
-        ],
-    )
-
-
-def malformed_key() -> Problem:
-    return Problem(
-        422,
-        "validation_failed",
-        "The Idempotency-Key header must be 1-255 visible ASCII characters",
-        errors=[
-            {
-                "loc": ["header", HEADER],
-                "msg": "must be 1-255 visible ASCII characters",
-                "type": "string_pattern_mismatch",
-            }
-        ],
-    )
 
 
 def fingerprint(body: bytes) -> str:
@@ -94,16 +55,11 @@ def fingerprint(body: bytes) -> str:
 
 @dataclass
 class StoredAnswer:
+    """The first answer to a key: status, the headers kept, body."""
+
     status: int
     headers: dict[str, str]
     body: bytes
-
-    def response(self) -> Response:
-        return Response(
-            self.body,
-            status_code=self.status,
-            headers={**self.headers, REPLAYED_HEADER: "true"},
-        )
 
 
 @dataclass
@@ -116,15 +72,6 @@ class Claim:
     def where(self) -> dict[str, str]:
         """The values that pick this key's row (see _key_condition)."""
         return {"caller": self.caller, "endpoint": self.endpoint, "key": self.key}
-
-
-def _answer_of(response: Response) -> dict[str, Any]:
-    headers = {name: value for name, value in response.headers.items() if name in KEPT_HEADERS}
-    return {
-        "status": response.status_code,
-        "headers": orjson.dumps(headers).decode(),
-        "body": bytes(response.body),
-    }
 
 
 def _key_condition() -> Any:
@@ -205,14 +152,14 @@ async def claim(
                 )
                 return claimed
             if stored_hash != request_hash:
-                raise key_reused()
+                raise IdempotencyKeyReused(HEADER)
             if status is None:
-                raise key_in_use()
+                raise IdempotencyKeyInUse()
             return StoredAnswer(status, orjson.loads(headers), bytes(body))
-    raise key_in_use()
+    raise IdempotencyKeyInUse()
 
 
-async def save_answer(*, connection: Connection, claimed: Claim, response: Response) -> None:
+async def save_answer(*, connection: Connection, claimed: Claim, answer: StoredAnswer) -> None:
     """Store the answer in the caller's open transaction."""
     statement = compiled(
         connection,
@@ -227,23 +174,22 @@ async def save_answer(*, connection: Connection, claimed: Claim, response: Respo
             )
         ),
     )
-    answer = _answer_of(response)
     await connection.run(
         statement,
         {
             **claimed.where(),
-            "new_status": answer["status"],
-            "new_headers": answer["headers"],
-            "new_body": answer["body"],
+            "new_status": answer.status,
+            "new_headers": orjson.dumps(answer.headers).decode(),
+            "new_body": answer.body,
         },
     )
     claimed.saved = True
 
 
-async def save_answer_now(*, database: Database, claimed: Claim, response: Response) -> None:
+async def save_answer_now(*, database: Database, claimed: Claim, answer: StoredAnswer) -> None:
     """Store the answer of a request whose write did not (a 4xx), on its own."""
     async with database.transaction() as connection:
-        await save_answer(connection=connection, claimed=claimed, response=response)
+        await save_answer(connection=connection, claimed=claimed, answer=answer)
 
 
 async def release(*, database: Database, claimed: Claim) -> None:

@@ -11,18 +11,15 @@ from fastapi import FastAPI
 
 from users_service import __version__
 from users_service.api import docs, health, users
-from users_service.auth import ApiKeyMiddleware
-from users_service.database import Database, create_database
-from users_service.db import (
-    configure_threadpool,
-    create_db_engine,
-    migration_revisions,
-)
-from users_service.errors import install_error_handlers
+from users_service.api.auth import ApiKeyMiddleware
+from users_service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from users_service.api.problems import install_error_handlers
+from users_service.db.database import Database, create_database
+from users_service.db.engine import configure_threadpool, create_db_engine
+from users_service.db.schema import migration_revisions
 from users_service.idempotency import sweep_expired_idempotency_keys
 from users_service.logs import FLUSH_SECONDS, AccessLog, configure_logging, flush_logs
 from users_service.metrics import set_pool_usage
-from users_service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from users_service.pagination import CursorCodec
 from users_service.settings import Settings, load_settings
 
@@ -68,12 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         flush_logs()
         access_log.flush()
         await database.close()
-        engine.dispose()
 
     app = FastAPI(
         # The routers' routes themselves, not include_router(): FastAPI 0.165
         # matches an included router as a second level of routes, a seventh
-        # of a GET's cost in the profile (README, "Throughput").
+        # of a GET's cost in the profile (docs/design.md).
         routes=[*users.router.routes, *health.router.routes],
         # Our own metrics and logs (metrics.py, logs.py); FastAPI's
         # OpenTelemetry hooks would only check the environment per request.
@@ -88,7 +84,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.settings = settings
-    app.state.engine = engine
     app.state.database = database
     app.state.cursor_codec = CursorCodec(settings.cursor_secret.get_secret_value())
     app.state.schema_heads, app.state.schema_revisions = migration_revisions()
@@ -99,5 +94,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list)
     app.add_middleware(RequestContextMiddleware, access_log=access_log)
     docs.install_docs(app)
-    docs.document_api_keys(app)
+    docs.complete_document(app)
     return app

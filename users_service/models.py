@@ -1,9 +1,22 @@
-"""The one place the user is defined: the table and the API's schemas.
+"""The one place the user is defined: its fields, the table and the API's schemas.
 
-`User` is the table (and, through `SQLModel.metadata`, what Alembic's
-autogenerate compares against). The other classes are the request and
-response schemas. Table models skip validation, so rows are only ever built
-from a validated `UserCreate` / `UserReplace` / `UserUpdate`.
+A field is declared once, in `UserFields`. Everything else derives from it:
+
+- `User`, the table (and, through `SQLModel.metadata`, what Alembic's
+  autogenerate compares against: `make revision` after adding a field);
+- `UserCreate` and `UserReplace` (every field), `UserUpdate` (any of them),
+  `UserPublic` (what the API returns);
+- the JSON each database renders and the Python-side record
+  (`db/rendering.py`, from the table's columns and their types);
+- seed rows, import/export columns, the OpenAPI document and, from it, the
+  Python client's types (`make openapi`).
+
+Adding an optional field is one line here, e.g.
+`nickname: str | None = Field(default=None, max_length=50)`, then
+`make revision m="add nickname"`.
+
+Table models skip validation, so rows are only ever built from a validated
+`UserCreate` / `UserReplace` / `UserUpdate`.
 """
 
 from __future__ import annotations
@@ -15,7 +28,17 @@ from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, ConfigDict, Strict, field_validator
-from sqlalchemy import DateTime, Index, LargeBinary, MetaData, SmallInteger, String, Text, Uuid
+from sqlalchemy import (
+    DateTime,
+    Index,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    Uuid,
+)
 from sqlalchemy.dialects import mysql
 from sqlmodel import Field, SQLModel
 
@@ -66,11 +89,11 @@ AnswerBody = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 
 
 # Unicode's control characters (category Cc) and lone surrogates (Cs):
-# exactly these ranges (tests/test_models.py checks every code point).
+# exactly these ranges (tests/unit/test_models.py checks every code point).
 _FORBIDDEN_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-def _has_forbidden_characters(value: str) -> bool:
+def has_forbidden_characters(value: str) -> bool:
     return _FORBIDDEN_CHARACTERS.search(value) is not None
 
 
@@ -80,14 +103,14 @@ def check_name(value: str) -> str:
         raise ValueError("name must not be empty")
     if len(value) > NAME_MAX_LENGTH:
         raise ValueError(f"name must be at most {NAME_MAX_LENGTH} characters")
-    if _has_forbidden_characters(value):
+    if has_forbidden_characters(value):
         raise ValueError("name must not contain control characters or lone surrogates")
     return value
 
 
 def normalize_email(value: str) -> str:
     """email-validator's syntax check and normalization, then lower case."""
-    if _has_forbidden_characters(value):
+    if has_forbidden_characters(value):
         raise ValueError("email must not contain control characters or lone surrogates")
     if len(value) > 4 * EMAIL_MAX_LENGTH:
         raise ValueError(f"email must be at most {EMAIL_MAX_LENGTH} characters")
@@ -125,14 +148,23 @@ Age = Annotated[int, Strict(), Field(ge=AGE_MIN, le=AGE_MAX, sa_type=SmallIntege
 
 
 class UserFields(SQLModel):
-    """The fields a caller writes."""
+    """The fields a caller writes: declare a new field here, and only here."""
 
     name: Name
     email: Email
     age: Age
 
 
-class User(UserFields, table=True):
+class UserServerFields(SQLModel):
+    """The fields the service sets."""
+
+    id: uuid.UUID = Field(primary_key=True, sa_type=UserIdType)
+    created_at: datetime = Field(sa_type=Timestamp)
+    updated_at: datetime = Field(sa_type=Timestamp)
+    version: int
+
+
+class User(UserServerFields, UserFields, table=True):
     __tablename__ = "users"
     __table_args__: Any = (
         # One B-tree per sort the API offers, with id for keyset paging
@@ -149,10 +181,8 @@ class User(UserFields, table=True):
         MYSQL_TABLE_OPTIONS,
     )
 
-    id: uuid.UUID = Field(primary_key=True, sa_type=UserIdType)
-    created_at: datetime = Field(sa_type=Timestamp)
-    updated_at: datetime = Field(sa_type=Timestamp)
-    version: int
+
+users: Table = User.__table__  # type: ignore[attr-defined]
 
 
 class IdempotencyKey(SQLModel, table=True):
@@ -175,6 +205,27 @@ class IdempotencyKey(SQLModel, table=True):
     body: bytes | None = Field(default=None, sa_type=AnswerBody)
 
 
+idempotency_keys: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
+
+# --- derived from the fields -------------------------------------------------------------
+
+# The editable fields, in declaration order; those a create must give.
+EDITABLE_FIELDS: tuple[str, ...] = tuple(UserFields.model_fields)
+REQUIRED_FIELDS: tuple[str, ...] = tuple(
+    name for name, field in UserFields.model_fields.items() if field.is_required()
+)
+# What a create leaves out gets its field's default.
+FIELD_DEFAULTS: dict[str, Any] = {
+    name: field.default
+    for name, field in UserFields.model_fields.items()
+    if not field.is_required()
+}
+# A user as the API shows it: the id first, then the model's order.
+PUBLIC_FIELDS: tuple[str, ...] = (
+    "id",
+    *(column.name for column in users.columns if column.name != "id"),
+)
+
 _STRICT_BODY = ConfigDict(extra="forbid", strict=True)
 
 
@@ -190,14 +241,24 @@ class UserReplace(UserFields):
     model_config = _STRICT_BODY  # type: ignore[assignment]
 
 
-class UserUpdate(SQLModel):
+class _EveryFieldOptional(SQLModel):
+    """A base that makes every field its subclass inherits optional: absent
+    unless sent. A field whose type allows null may be sent as null (it is
+    cleared); for the others null is not a value."""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        for field in cls.model_fields.values():
+            if field.is_required():
+                field.default = None
+        cls.model_rebuild(force=True)
+
+
+class UserUpdate(_EveryFieldOptional, UserFields):
     """Body of PATCH /users/{id}: any of the fields; null is not a value."""
 
     model_config = _STRICT_BODY  # type: ignore[assignment]
-
-    name: Name = None  # type: ignore[assignment]
-    email: Email = None  # type: ignore[assignment]
-    age: Age = None  # type: ignore[assignment]
 
 
 BATCH_MAX = 1000
@@ -211,16 +272,8 @@ class UserBatchCreate(SQLModel):
     users: list[UserCreate] = Field(min_length=1, max_length=BATCH_MAX)
 
 
-class UserPublic(SQLModel):
+class UserPublic(UserServerFields, UserFields):
     """A user as the API returns it."""
-
-    id: uuid.UUID
-    name: str
-    email: str
-    age: int
-    created_at: datetime
-    updated_at: datetime
-    version: int
 
 
 class UserBatchPublic(SQLModel):
@@ -237,6 +290,7 @@ class UserPage(SQLModel):
 ISO_DATE_START = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 SortValue = Literal["created_at", "-created_at", "name", "-name", "email", "-email", "age", "-age"]
+FILTERS = ("email", "name", "min_age", "max_age", "created_after", "created_before")
 
 
 class UserListQuery(SQLModel):
@@ -282,7 +336,7 @@ class UserListQuery(SQLModel):
         try:
             return normalize_email(value)
         except ValueError:
-            if _has_forbidden_characters(value):
+            if has_forbidden_characters(value):
                 raise
             return value.strip().lower()  # not an address: matches no one
 
@@ -310,7 +364,4 @@ class UserListQuery(SQLModel):
 
     def filter_fingerprint(self) -> str:
         """The filters, as text: what a cursor is bound to besides the sort."""
-        return "|".join(
-            f"{name}={getattr(self, name)!r}"
-            for name in ("email", "name", "min_age", "max_age", "created_after", "created_before")
-        )
+        return "|".join(f"{name}={getattr(self, name)!r}" for name in FILTERS)

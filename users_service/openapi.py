@@ -30,7 +30,7 @@ def document() -> dict[str, Any]:
         try:
             return app.openapi()
         finally:
-            app.state.engine.dispose()
+            app.state.database.engine.dispose()
 
 
 def render(doc: dict[str, Any] | None = None) -> str:

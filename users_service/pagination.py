@@ -13,16 +13,15 @@ import hashlib
 import hmac
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import ColumnElement, and_, or_, tuple_
 from sqlalchemy.sql.elements import UnaryExpression
 
-from users_service.models import User
-
-users = User.__table__  # type: ignore[attr-defined]
+from users_service.db.rendering import as_utc
+from users_service.models import users
 
 SORT_FIELDS = ("created_at", "name", "email", "age")
 SORT_VALUES = tuple(f"{prefix}{field}" for field in SORT_FIELDS for prefix in ("", "-"))
@@ -33,13 +32,6 @@ UNIQUE_SORT_FIELDS = frozenset({"email"})
 
 class InvalidCursor(ValueError):
     pass
-
-
-def as_utc(value: datetime) -> datetime:
-    """Timestamps come back naive from SQLite and MariaDB; they are UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 @dataclass(frozen=True)

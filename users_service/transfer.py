@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from sqlalchemy import (
     BigInteger,
     Column,
+    ColumnElement,
     Connection,
     Engine,
     Index,
@@ -54,25 +55,30 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import DropTable
 from tqdm import tqdm
 
-from users_service.crud import to_record
-from users_service.db import WRITE_OPTION
+from users_service.db.bulk import bulk_load_settings, copy_rows
+from users_service.db.engine import WRITE_OPTION
+from users_service.db.rendering import to_record
 from users_service.models import (
+    EDITABLE_FIELDS,
     MYSQL_TABLE_OPTIONS,
-    User,
+    PUBLIC_FIELDS,
+    REQUIRED_FIELDS,
     UserCreate,
+    users,
 )
 from users_service.pagination import SortOrder
-from users_service.seed import bulk_load_settings, copy_rows
-
-users = User.__table__  # type: ignore[attr-defined]
 
 Format = Literal["jsonl", "csv"]
 FORMATS: tuple[Format, ...] = ("jsonl", "csv")
 EXTENSIONS: dict[str, Format] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
-REQUIRED_COLUMNS = ("name", "email", "age")
-OPTIONAL_COLUMNS = ("id", "created_at", "updated_at", "version")
-COLUMNS = ("id", "name", "email", "age", "created_at", "updated_at", "version")
+# The columns of a file: every field of a user as the API shows it; a row
+# must give the fields a create must give.
+COLUMNS = PUBLIC_FIELDS
+REQUIRED_COLUMNS = REQUIRED_FIELDS
+OPTIONAL_COLUMNS = tuple(name for name in COLUMNS if name not in REQUIRED_COLUMNS)
+# Editable fields that CSV (text) gives as decimal integers.
+INTEGER_FIELDS = tuple(name for name in EDITABLE_FIELDS if users.c[name].type.python_type is int)
 REJECT_COLUMNS = ("line", "code", "reason")
 
 # A batch's emails and ids are looked up in one statement each: SQLite allows
@@ -148,14 +154,16 @@ def check_row(
 ) -> tuple[dict[str, Any], bool]:
     """A users row from one row of the file, and whether it named its id.
 
-    `name`, `email` and `age` go through `UserCreate`, as a POST body does;
-    CSV cells are text, so there `age` and `version` are read as decimal
-    integers first. Raises RowError saying every field that is wrong.
+    The user's fields go through `UserCreate`, as a POST body does; CSV
+    cells are text, so there integer fields and `version` are read as
+    decimal integers first. Raises RowError saying every field that is wrong.
     """
     problems = [f"{name}: unknown field" for name in fields if name not in COLUMNS]
-    user_fields = {name: fields[name] for name in REQUIRED_COLUMNS if name in fields}
-    if from_text and isinstance(user_fields.get("age"), str):
-        user_fields["age"] = _text_integer(user_fields["age"])
+    user_fields = {name: fields[name] for name in EDITABLE_FIELDS if name in fields}
+    if from_text:
+        for name in INTEGER_FIELDS:
+            if isinstance(user_fields.get(name), str):
+                user_fields[name] = _text_integer(user_fields[name])
     user: UserCreate | None = None
     try:
         user = UserCreate.model_validate(user_fields)
@@ -184,9 +192,7 @@ def check_row(
         raise RowError("validation_failed", "; ".join(problems))
     values = {
         "id": user_id or uuid.uuid4(),
-        "name": user.name,
-        "email": user.email,
-        "age": user.age,
+        **user.model_dump(),
         "created_at": created_at,
         "updated_at": updated_at,
         "version": version,
@@ -256,7 +262,7 @@ class Source:
             problems += [f"missing column {name!r}" for name in missing]
             problems += [f"column {name!r} appears twice" for name in repeated]
             raise TransferError(
-                "the header row must name name, email and age (and may name "
+                f"the header row must name {', '.join(REQUIRED_COLUMNS)} (and may name "
                 f"{', '.join(OPTIONAL_COLUMNS)}): " + "; ".join(problems)
             )
         return columns
@@ -473,7 +479,10 @@ ledger = Table(
     _ledger_metadata,
     # INTEGER PRIMARY KEY is SQLite's rowid: lines are appended in order.
     Column("line", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
-    *(Column(name, users.c[name].type, unique=name == "email", nullable=False) for name in COLUMNS),
+    *(
+        Column(name, users.c[name].type, unique=name == "email", nullable=users.c[name].nullable)
+        for name in COLUMNS
+    ),
     prefixes=["TEMPORARY"],
     **cast(dict[str, Any], MYSQL_TABLE_OPTIONS),
 )
@@ -584,11 +593,11 @@ def _sort_out_collisions(
         return 0
     emails = [c.values["email"] for c in collided]
     ids = [c.values["id"] for c in collided if c.has_id]
-    condition = users.c.email.in_(emails)
+    condition: ColumnElement[bool] = users.c.email.in_(emails)
     if ids:
         condition = or_(condition, users.c.id.in_(ids))
     existing = connection.execute(
-        select(users.c.id, users.c.email, users.c.name, users.c.age).where(condition)
+        select(users.c.id, *(users.c[name] for name in EDITABLE_FIELDS)).where(condition)
     ).all()
     by_email = {row.email: row for row in existing}
     by_id = {row.id: row for row in existing}
@@ -598,10 +607,11 @@ def _sort_out_collisions(
         owner = by_email.get(values["email"])
         if owner is not None:
             same_id = not candidate.has_id or owner.id == values["id"]
-            if same_id and owner.name == values["name"] and owner.age == values["age"]:
+            different = [name for name in EDITABLE_FIELDS if getattr(owner, name) != values[name]]
+            if same_id and not different:
                 present += 1
                 continue
-            differs = "id" if not same_id else "name or age"
+            differs = "id" if not same_id else " and ".join(different)
             code, reason = "email_taken", f"a user with this email exists, with another {differs}"
         elif candidate.has_id and values["id"] in by_id:
             code, reason = "id_taken", "a user with this id exists, with another email"
@@ -785,7 +795,7 @@ def export_users(
                     statement = statement.where(EXPORT_ORDER.after(after, dialect))
                 records = []
                 for row in connection.execute(statement):
-                    records.append(to_record(row.id, row._mapping))
+                    records.append(to_record(row._mapping))
                     after = (row.created_at, row.id)
                 out.write(_encode(records, fmt))
                 written += len(records)

@@ -8,53 +8,15 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import delete
 
-from tests.databases import create_fresh_database, migrate
-from tests.helpers import assert_problem, user_count
-from users_service.main import create_app
-from users_service.models import IdempotencyKey, User
-from users_service.settings import load_settings
+from tests.helpers import READER, READER_KEY, WRITER, WRITER_KEY, assert_problem, user_count
 
-WRITER_KEY = "w-key-123"
-READER_KEY = "r-key-456"
-WRITER = {"Authorization": f"Bearer {WRITER_KEY}"}
-READER = {"Authorization": f"Bearer {READER_KEY}"}
 ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "age": 36}
-
-
-@pytest.fixture(scope="module")
-def keyed_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
-    """An app with a writer and a reader key, on a SQLite database of its own."""
-    url = create_fresh_database("sqlite", tmp_path_factory.mktemp("api-keys"))
-    migrate(url)
-    app = create_app(
-        load_settings(
-            database_url=url,
-            environment="test",
-            api_keys=f"writer:{WRITER_KEY}",
-            api_read_keys=f"reader:{READER_KEY}",
-        )
-    )
-    yield app
-    app.state.engine.dispose()
-
-
-@pytest.fixture
-def keyed(keyed_app: FastAPI) -> Iterator[TestClient]:
-    """A client on the keyed app, its tables emptied."""
-    with keyed_app.state.engine.begin() as connection:
-        for table in (User.__table__, IdempotencyKey.__table__):  # type: ignore[attr-defined]
-            connection.execute(delete(table))
-    with TestClient(keyed_app, raise_server_exceptions=False) as test_client:
-        yield test_client
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ def limited_app(client: TestClient, database_url: str) -> Iterator[FastAPI]:
         load_settings(database_url=database_url, environment="test", max_body_bytes=LIMIT)
     )
     yield app
-    app.state.engine.dispose()
+    app.state.database.engine.dispose()
 
 
 @pytest.fixture

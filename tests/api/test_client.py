@@ -1,4 +1,4 @@
-"""users_service.client against the real app, on every configured database.
+"""The Python client (clients/python) against the real app, on every configured database.
 
 The clients reach the app in process: the sync one through the suite's
 TestClient (`AppTransport`), the async one through httpx.ASGITransport.
@@ -24,10 +24,14 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, insert
 
-from tests.databases import create_fresh_database, migrate
-from tests.helpers import user_count
-from users_service.auth import ANONYMOUS
-from users_service.client import (
+from tests.helpers import READER_KEY, WRITER_KEY, user_count
+from users_service.api.auth import ANONYMOUS
+from users_service.idempotency import fingerprint
+from users_service.main import create_app
+from users_service.models import idempotency_keys
+from users_service.settings import load_settings
+from users_service_client import NewUser, UserPublic
+from users_service_client.client import (
     AsyncUsersClient,
     Conflict,
     EmailTaken,
@@ -49,15 +53,11 @@ from users_service.client import (
     error_from_response,
     retry_after_seconds,
 )
-from users_service.idempotency import fingerprint
-from users_service.main import create_app
-from users_service.models import IdempotencyKey, User, UserCreate, UserPublic
-from users_service.settings import load_settings
 
 BASE_URL = "http://testserver"
 UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/nothing"
 ADA: dict[str, Any] = {"name": "Ada Lovelace", "email": "ada@example.com", "age": 36}
-keys_table = IdempotencyKey.__table__  # type: ignore[attr-defined]
+keys_table = idempotency_keys
 
 
 # --- transports: the real app, and the network failing around it -----------------------
@@ -201,7 +201,7 @@ def test_create_user_returns_the_typed_user_the_service_stored(
 
 def test_create_users_creates_the_batch_in_order(users: UsersClient, client: TestClient) -> None:
     created = users.create_users(
-        [UserCreate(name="First", email="first@example.com", age=1), dict(ADA)]
+        [NewUser(name="First", email="first@example.com", age=1), dict(ADA)]
     )
 
     assert [u.email for u in created] == ["first@example.com", "ada@example.com"]
@@ -434,34 +434,6 @@ def test_retry_after_is_read_as_seconds_or_as_an_http_date() -> None:
 
 # --- API keys ---------------------------------------------------------------------------
 
-WRITER_KEY = "client-w-key"
-READER_KEY = "client-r-key"
-
-
-@pytest.fixture(scope="module")
-def keyed_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
-    """An app with a writer and a reader key, on a SQLite database of its own."""
-    url = create_fresh_database("sqlite", tmp_path_factory.mktemp("client-keys"))
-    migrate(url)
-    app = create_app(
-        load_settings(
-            database_url=url,
-            environment="test",
-            api_keys=f"writer:{WRITER_KEY}",
-            api_read_keys=f"reader:{READER_KEY}",
-        )
-    )
-    yield app
-    app.state.engine.dispose()
-
-
-@pytest.fixture
-def keyed(keyed_app: FastAPI) -> Iterator[TestClient]:
-    with keyed_app.state.engine.begin() as connection:
-        connection.execute(delete(User.__table__))  # type: ignore[attr-defined]
-    with TestClient(keyed_app, raise_server_exceptions=False) as test_client:
-        yield test_client
-
 
 def test_api_key_is_sent_as_bearer_and_refusals_raise_unauthorized_or_forbidden(
     keyed: TestClient,
@@ -622,7 +594,7 @@ def test_the_services_own_503_is_retried_then_raised_as_service_unavailable(
                 users.get_user(uuid.uuid4())
             readiness = users.readiness()
     finally:
-        app.state.engine.dispose()
+        app.state.database.engine.dispose()
 
     error = unavailable.value
     assert (error.status, error.code) == (503, "service_unavailable")
@@ -633,7 +605,7 @@ def test_the_services_own_503_is_retried_then_raised_as_service_unavailable(
 
 def insert_claim_in_flight(app: FastAPI, key: str, body: dict[str, Any]) -> None:
     """The key as a request still running would hold it."""
-    with app.state.engine.begin() as connection:
+    with app.state.database.engine.begin() as connection:
         connection.execute(
             insert(keys_table).values(
                 caller=ANONYMOUS,
@@ -646,7 +618,7 @@ def insert_claim_in_flight(app: FastAPI, key: str, body: dict[str, Any]) -> None
 
 
 def release_claim(app: FastAPI, key: str) -> None:
-    with app.state.engine.begin() as connection:
+    with app.state.database.engine.begin() as connection:
         connection.execute(delete(keys_table).where(keys_table.c.key == key))
 
 

@@ -22,18 +22,16 @@ from sqlalchemy import Engine, Executable, create_engine, pool, select, text
 
 from tests.databases import create_fresh_database, migrate
 from tests.helpers import assert_problem, create_ada
-from users_service.db import create_db_engine
-from users_service.errors import STATEMENT_TIMEOUT_DETAIL
+from users_service.api.problems import STATEMENT_TIMEOUT_DETAIL
+from users_service.db.engine import create_db_engine
 from users_service.main import create_app
-from users_service.models import User
+from users_service.models import users
 from users_service.settings import SettingsError, load_settings
 
 TIMEOUT_MS = 1000
 # Generous for a shared machine, and still far below the lock's hold time.
 SLACK_SECONDS = 3.0
 LOCK_HELD_SECONDS = 30.0
-
-users = User.__table__  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -55,7 +53,7 @@ def client_on(database_url: str, timeout_ms: int) -> Iterator[TestClient]:
         with TestClient(app, raise_server_exceptions=False) as client:
             yield client
     finally:
-        app.state.engine.dispose()
+        app.state.database.engine.dispose()
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, pool, text
 
 from tests.databases import create_fresh_database, migrate
 from tests.helpers import assert_problem
-from users_service.db import alembic_config, head_revisions
+from users_service.db.schema import alembic_config, head_revisions
 from users_service.main import create_app
 from users_service.settings import load_settings
 
@@ -31,7 +31,7 @@ def client_on(database_url: str) -> Iterator[TestClient]:
         with TestClient(app, raise_server_exceptions=False) as client:
             yield client
     finally:
-        app.state.engine.dispose()
+        app.state.database.engine.dispose()
 
 
 def execute(database_url: str, statement: str) -> None:

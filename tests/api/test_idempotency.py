@@ -20,13 +20,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, insert, select, update
 
 from tests.helpers import assert_problem, race, user_count
-from users_service.auth import ANONYMOUS
+from users_service.api.auth import ANONYMOUS
 from users_service.idempotency import delete_expired, fingerprint
 from users_service.main import create_app
-from users_service.models import IdempotencyKey
+from users_service.models import idempotency_keys
 from users_service.settings import load_settings
 
-keys_table = IdempotencyKey.__table__  # type: ignore[attr-defined]
+keys_table = idempotency_keys
 
 # How the service names the endpoint a key belongs to (users_service/api/routing.py).
 CREATE_ENDPOINT = "POST /users"
@@ -256,7 +256,7 @@ def test_malformed_key_is_422_validation_failed_and_not_stored(
     problem = assert_problem(response, 422, "validation_failed")
     assert ["header", "Idempotency-Key"] in [error["loc"] for error in problem["errors"]]
     assert user_count(client) == 0
-    assert stored_rows(app.state.engine, key) == []
+    assert stored_rows(app.state.database.engine, key) == []
     later = post_json(client, path, body, new_key())
     assert later.status_code == 201, later.text
     assert_not_replayed(later)
@@ -327,7 +327,7 @@ def two_callers(client: TestClient, database_url: str) -> Iterator[TestClient]:
     )
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
-    app.state.engine.dispose()
+    app.state.database.engine.dispose()
 
 
 ALPHA = {"Authorization": "Bearer key-a"}
@@ -392,7 +392,7 @@ def insert_claim(
     app: FastAPI, key: str, request_body: bytes, age: timedelta, **answer: Any
 ) -> None:
     """A row as a request with `key` left it `age` ago (in flight unless `answer`)."""
-    with app.state.engine.begin() as connection:
+    with app.state.database.engine.begin() as connection:
         connection.execute(
             insert(keys_table).values(
                 caller=ANONYMOUS,
@@ -416,7 +416,7 @@ def test_claim_left_in_flight_by_a_dead_request_is_taken_over_by_a_retry(
     assert response.status_code == 201, response.text
     assert_not_replayed(response)
     assert user_count(client) == 1
-    [row] = stored_rows(app.state.engine, key)
+    [row] = stored_rows(app.state.database.engine, key)
     assert row.status == 201  # the abandoned claim itself was taken over and answered
     assert_replay_of(post_json(client, "/users", FIRST_BODY, key), response)
 
@@ -432,7 +432,7 @@ def test_claim_of_a_request_still_in_flight_is_409_idempotency_key_in_use(
     problem = assert_problem(response, 409, "idempotency_key_in_use")
     assert problem["request_id"] == response.headers["x-request-id"]
     assert user_count(client) == 0
-    [row] = stored_rows(app.state.engine, key)
+    [row] = stored_rows(app.state.database.engine, key)
     assert row.status is None
 
 
@@ -450,7 +450,7 @@ def test_stored_answer_is_replayed_for_24_hours_only(
     first = post_json(client, "/users", FIRST_BODY, key)
     assert first.status_code == 201, first.text
     assert client.delete(first.headers["location"]).status_code == 204
-    with app.state.engine.begin() as connection:
+    with app.state.database.engine.begin() as connection:
         connection.execute(
             update(keys_table)
             .where(keys_table.c.key == key)
@@ -473,7 +473,7 @@ def test_expired_key_may_be_used_with_another_body(client: TestClient, app: Fast
     key = new_key()
     first = post_json(client, "/users", FIRST_BODY, key)
     assert first.status_code == 201, first.text
-    with app.state.engine.begin() as connection:
+    with app.state.database.engine.begin() as connection:
         connection.execute(
             update(keys_table)
             .where(keys_table.c.key == key)
@@ -499,7 +499,7 @@ def test_delete_expired_removes_keys_older_than_24_hours_and_keeps_newer(
     keys = {name: new_key() for name in ages}
     for name, age in ages.items():
         insert_claim(app, keys[name], FIRST_BODY, age, status=201, headers="{}", body=b"{}")
-    engine = app.state.engine
+    engine = app.state.database.engine
     cutoff = datetime.now(UTC) - timedelta(hours=24)
     with engine.connect() as connection:
         expired_before = connection.execute(

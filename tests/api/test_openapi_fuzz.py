@@ -9,7 +9,7 @@ invalid data refused; 401 without the key; 405 with a true `Allow`.
 
 Deterministic and bounded: a fixed seed, derandomized generation and no
 example database, so a run sends the same requests every time; about 10 s
-per database on this machine (see README, Testing).
+per database on this machine (see docs/testing.md).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def keyed_app(database_url: str) -> Iterator[FastAPI]:
     # schemathesis ran the app's lifespan (startup) on its first request.
     asgi.shutdown_lifespans()
     APP_UNDER_TEST.app = None
-    app.state.engine.dispose()
+    app.state.database.engine.dispose()
 
 
 def test_the_fuzzed_document_is_the_one_the_service_serves(keyed_app: FastAPI) -> None:

@@ -1,5 +1,5 @@
 """Import and export: the rows they take and refuse, idempotence, order,
-round trips, bounded reads, and the command line as a real process.
+round trips and bounded reads (the command line: tests/system/test_transfer_cli.py).
 
 Every test runs on each configured database, through the app's own engine
 (the `client` fixture empties the users table first).
@@ -12,19 +12,16 @@ import io
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event
 
 from tests.helpers import ADA, create_ada, create_user, user_count
-from tests.server import REPO_ROOT, service_env
-from users_service.models import User
+from users_service.models import users
 from users_service.seed import seed_users
 from users_service.transfer import (
     BATCH_SIZE_MAX,
@@ -34,7 +31,6 @@ from users_service.transfer import (
     import_file,
 )
 
-users = User.__table__  # type: ignore[attr-defined]
 BIN = Path(sys.executable).parent
 
 
@@ -53,13 +49,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def import_(app, path: Path, **options: Any):
-    summary, rejects = import_file(app.state.engine, path, progress=False, **options)
+    summary, rejects = import_file(app.state.database.engine, path, progress=False, **options)
     return summary, rejects
 
 
 def export(app, fmt: Format = "jsonl", **options: Any) -> bytes:
     out = io.BytesIO()
-    with app.state.engine.connect() as connection:
+    with app.state.database.engine.connect() as connection:
         export_users(connection=connection, out=out, fmt=fmt, **options)
     return out.getvalue()
 
@@ -204,7 +200,7 @@ def test_rows_whose_email_or_id_belongs_to_another_user_are_rejected(client, app
     # Each on its own, against the users already there:
     for line, code, reason in [
         (rows[2], None, None),
-        (rows[3], "email_taken", "a user with this email exists, with another name or age"),
+        (rows[3], "email_taken", "a user with this email exists, with another name"),
         (rows[4], "email_taken", "a user with this email exists, with another id"),
     ]:
         single = write(tmp_path / "single.csv", f"{rows[0]}\n{line}\n")
@@ -265,7 +261,7 @@ def test_export_then_import_gives_back_the_same_users(client, app, tmp_path, fmt
     path = tmp_path / f"users.{fmt}"
     path.write_bytes(first)
 
-    with app.state.engine.begin() as connection:
+    with app.state.database.engine.begin() as connection:
         connection.execute(users.delete())
     summary, _ = import_(app, path)
     assert (summary.imported, summary.rejected) == (4, 0)
@@ -276,7 +272,7 @@ def test_export_then_import_gives_back_the_same_users(client, app, tmp_path, fmt
 
 
 def test_export_reads_one_bounded_page_per_statement_by_key(client, app):
-    seed_users(app.state.engine, 25, progress=False)
+    seed_users(app.state.database.engine, 25, progress=False)
     statements: list[str] = []
 
     def record(_conn, _cursor, statement, params, _context, _many):
@@ -287,11 +283,11 @@ def test_export_reads_one_bounded_page_per_statement_by_key(client, app):
                 statement = statement.removesuffix(" OFFSET ?")
             statements.append(statement)
 
-    event.listen(app.state.engine, "before_cursor_execute", record)
+    event.listen(app.state.database.engine, "before_cursor_execute", record)
     try:
         assert len(export(app, page_size=10).splitlines()) == 25
     finally:
-        event.remove(app.state.engine, "before_cursor_execute", record)
+        event.remove(app.state.database.engine, "before_cursor_execute", record)
 
     count, *pages = statements
     assert "COUNT(*)" in count
@@ -314,13 +310,13 @@ def _peak_bytes(run) -> int:
 
 def test_export_memory_does_not_grow_with_the_number_of_users(client, app):
     def export_all() -> None:
-        with app.state.engine.connect() as connection, open(os.devnull, "wb") as out:
+        with app.state.database.engine.connect() as connection, open(os.devnull, "wb") as out:
             export_users(connection=connection, out=out, page_size=200)
 
-    seed_users(app.state.engine, 1_000, progress=False)
+    seed_users(app.state.database.engine, 1_000, progress=False)
     export_all()  # warm the statement caches
     small = _peak_bytes(export_all)
-    seed_users(app.state.engine, 4_000, progress=False)
+    seed_users(app.state.database.engine, 4_000, progress=False)
     large = _peak_bytes(export_all)
     assert large < small * 1.5, (small, large)
 
@@ -357,94 +353,3 @@ def test_a_file_without_the_needed_columns_or_format_is_refused_as_a_whole(clien
     with pytest.raises(ValueError, match="batch size"):
         import_(app, write(tmp_path / "b.csv", "name,email,age\n"), batch_size=BATCH_SIZE_MAX + 1)
     assert user_count(client) == 0
-
-
-def run_cli(command: list[str], database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command,
-        cwd=cwd,
-        env=service_env(DATABASE_URL=database_url, ENVIRONMENT="test"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def test_the_command_line_imports_and_exports_as_real_processes(
-    client, app, database_url, tmp_path
-):
-    source = write(tmp_path / "users.csv", CSV_WITH_MISTAKES)
-    # python -m users_service, with the default worker processes checking rows
-    done = run_cli(
-        [sys.executable, "-m", "users_service", "import", str(source), "--workers", "2"],
-        database_url,
-        REPO_ROOT,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("imported 2, already present 0, rejected 6 of 8 rows in ")
-    assert "import: 100%" in done.stderr  # the progress bar, on stderr
-    assert len(read_rejects_csv(tmp_path / "users.rejects.csv")) == 6
-
-    # the console script that make install puts in .venv/bin
-    script = shutil.which("users-service", path=str(BIN))
-    assert script, "make install should install the users-service command"
-    done = run_cli([script, "export", "--format", "csv", "--no-progress"], database_url, tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == export(app, "csv").decode()
-    assert done.stderr.startswith("exported 2 users in ")
-
-    done = run_cli([script, "import", "missing.csv"], database_url, tmp_path)
-    assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr.startswith("users-service: [Errno 2] No such file")
-    assert "Traceback" not in done.stderr
-
-
-def test_the_command_line_says_when_the_database_fails_without_a_traceback(tmp_path):
-    source = write(tmp_path / "users.csv", "name,email,age\nAda,ada@example.com,36\n")
-    never_migrated = f"sqlite:///{tmp_path / 'empty.db'}"
-    done = run_cli(
-        [sys.executable, "-m", "users_service", "import", str(source)], never_migrated, REPO_ROOT
-    )
-    assert done.returncode == 1
-    assert done.stderr.strip().endswith("users-service: the database failed: no such table: users")
-    assert "Traceback" not in done.stderr
-
-
-def readme_example() -> str:
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("\n## Import and export\n", 1)[1]
-    return section.split("```sh\n", 1)[1].split("```", 1)[0]
-
-
-def test_the_readme_examples_run_as_written(tmp_path):
-    database = tmp_path / "users.db"
-    done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", readme_example()],
-        cwd=tmp_path,
-        env=service_env(
-            DATABASE_URL=f"sqlite:///{database}",
-            PATH=f"{BIN}:{service_env()['PATH']}",
-        ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    summaries = [line for line in done.stdout.splitlines() if line.startswith("imported")]
-    assert [s.split(" of ")[0] for s in summaries] == [
-        "imported 2, already present 0, rejected 2",
-        "imported 0, already present 2, rejected 2",
-        "imported 0, already present 2, rejected 0",
-    ]
-    assert "the same email as line 2" in (tmp_path / "users.rejects.csv").read_text()
-    assert len(read_jsonl(tmp_path / "users.jsonl")) == 2
-    with (tmp_path / "backup.csv").open() as backup:
-        assert len(list(csv.DictReader(backup))) == 2
-    from sqlalchemy import create_engine
-
-    engine = create_engine(f"sqlite:///{database}")
-    with engine.connect() as connection:
-        assert connection.execute(select(func.count()).select_from(users)).scalar() == 2
-    engine.dispose()

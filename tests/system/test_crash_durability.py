@@ -19,11 +19,9 @@ from sqlalchemy import create_engine, select
 
 from tests.databases import create_fresh_database, migrate
 from tests.server import RunningServer, running_server
-from users_service.crud import to_record
-from users_service.models import User
+from users_service.db.rendering import to_record
+from users_service.models import users
 from users_service.settings import load_settings
-
-users = User.__table__  # type: ignore[attr-defined]
 
 WRITERS = 12
 # The kill comes once this many creates were acknowledged: mid-load on any machine.
@@ -61,7 +59,7 @@ def stored_users(url: str) -> list[dict[str, Any]]:
     engine = create_engine(load_settings(database_url=url).sqlalchemy_url)
     try:
         with engine.connect() as connection:
-            return [to_record(row.id, row._mapping) for row in connection.execute(select(users))]
+            return [to_record(row._mapping) for row in connection.execute(select(users))]
     finally:
         engine.dispose()
 

@@ -31,8 +31,8 @@ from sqlalchemy import Engine, create_engine, pool, select, text
 from tests.databases import migrate
 from tests.helpers import race
 from tests.server import RunningServer, free_port, running_server
-from users_service.errors import STATEMENT_TIMEOUT_DETAIL
-from users_service.models import User
+from users_service.api.problems import STATEMENT_TIMEOUT_DETAIL
+from users_service.models import users
 from users_service.settings import load_settings
 
 POSTGRES_BIN = Path(os.environ.get("POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
@@ -51,8 +51,6 @@ GRACE = {"name": "Grace Hopper", "email": "grace@example.com", "age": 85}
 pytestmark = pytest.mark.skipif(
     not (POSTGRES_BIN / "initdb").exists(), reason=f"no PostgreSQL binaries in {POSTGRES_BIN}"
 )
-
-users = User.__table__  # type: ignore[attr-defined]
 
 
 @dataclass

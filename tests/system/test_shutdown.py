@@ -28,10 +28,8 @@ from sqlalchemy.engine import make_url
 from tests.databases import create_fresh_database, migrate
 from tests.helpers import assert_problem
 from tests.server import RunningServer, running_server
-from users_service.models import User
+from users_service.models import users
 from users_service.settings import load_settings
-
-users = User.__table__  # type: ignore[attr-defined]
 
 REFUSAL_DEADLINE_SECONDS = 5.0
 # How long the test keeps the request blocked after SIGTERM before releasing it.

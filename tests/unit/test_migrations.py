@@ -12,7 +12,7 @@ from alembic import command
 from sqlalchemy import Engine, create_engine, inspect, pool, text
 
 from tests.databases import create_fresh_database, migrate
-from users_service.db import alembic_config, head_revisions
+from users_service.db.schema import alembic_config, head_revisions
 from users_service.settings import load_settings
 
 

@@ -19,15 +19,14 @@ from sqlalchemy import Engine, Select, func, select, text
 from tests.databases import create_fresh_database, migrate
 from users_service.crud import count_statement, filter_values, page_values
 from users_service.crud import page_statement as crud_page_statement
-from users_service.db import create_db_engine
-from users_service.models import User, UserListQuery
+from users_service.db.engine import create_db_engine
+from users_service.models import UserListQuery, users
 from users_service.pagination import SORT_VALUES, SortOrder
 from users_service.seed import seed_users
 from users_service.settings import load_settings
 
 SEEDED_USERS = 20_000
 DEEP = 10_000
-users = User.__table__  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")

@@ -14,25 +14,13 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from users_service.errors import Problem, problem_response
+from users_service.api.problems import problem_response
+from users_service.errors import Forbidden, Unauthorized
 from users_service.settings import ApiKey, key_digest
 
 ANONYMOUS = "anonymous"
 PROTECTED_PREFIX = "/users"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def _unauthorized() -> Problem:
-    return Problem(
-        401,
-        "unauthorized",
-        "A valid API key is required: Authorization: Bearer <key>",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
-
-
-def _forbidden() -> Problem:
-    return Problem(403, "forbidden", "This API key may only read")
 
 
 def is_protected(path: str) -> bool:
@@ -74,10 +62,10 @@ class ApiKeyMiddleware:
         if self.keys and is_protected(path):
             key = self._caller_of(scope)
             if key is None:
-                await problem_response(_unauthorized())(scope, receive, send)
+                await problem_response(Unauthorized())(scope, receive, send)
                 return
             if not key.can_write and scope["method"] not in READ_METHODS:
-                await problem_response(_forbidden())(scope, receive, send)
+                await problem_response(Forbidden())(scope, receive, send)
                 return
             state["caller"] = key.caller
         await self.app(scope, receive, send)

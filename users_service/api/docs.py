@@ -15,7 +15,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse
 
-from users_service.auth import is_protected
+from users_service.api.auth import is_protected
+from users_service.api.problems import document_problems
 
 STATIC_URL = "/docs-static"
 
@@ -47,17 +48,18 @@ API_KEY_SCHEME = {
 }
 
 
-def document_api_keys(app: FastAPI) -> None:
-    """Declare the bearer scheme on the routes auth.ApiKeyMiddleware guards.
-
-    The keys are checked by that middleware, before any route runs; a
-    FastAPI security dependency would only repeat the work on every request.
-    """
+def complete_document(app: FastAPI) -> None:
+    """Add to the app's OpenAPI document what its routes do not declare: the
+    problem schema (api/problems.py), and the bearer scheme on the routes
+    auth.ApiKeyMiddleware guards (the keys are checked by that middleware,
+    before any route runs; a FastAPI security dependency would only repeat
+    the work on every request)."""
     make_document = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = make_document()
+            document_problems(document)
             document.setdefault("components", {})["securitySchemes"] = {
                 "HTTPBearer": API_KEY_SCHEME
             }

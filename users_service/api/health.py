@@ -8,13 +8,14 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as PROMETHEUS_TEXT
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 
-from users_service.db import is_unavailable, schema_state
-from users_service.jsonio import JSONResponse
+from users_service.api.deps import DatabaseDep
+from users_service.api.jsonio import JSONResponse
+from users_service.api.routing import TypedRoute
+from users_service.db.errors import DatabaseUnavailable
 from users_service.metrics import exposition
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=TypedRoute)
 
 
 class Health(BaseModel):
@@ -40,7 +41,7 @@ async def healthz() -> JSONResponse:
     responses={200: {"content": {PROMETHEUS_TEXT: {}}, "description": "Prometheus text format."}},
 )
 async def metrics() -> Response:
-    """Request counts and durations, user writes, database pool use (see README)."""
+    """Request counts and durations, user writes, database pool use (docs/operations.md)."""
     return Response(exposition(), media_type=PROMETHEUS_TEXT)
 
 
@@ -50,22 +51,17 @@ async def metrics() -> Response:
     operation_id="check_readiness",
     responses={503: {"model": Readiness, "description": "Not ready: the body says why."}},
 )
-def readyz(request: Request) -> JSONResponse:
-    """Ready when the database answers and its schema is at the newest migration."""
+async def readyz(database: DatabaseDep, request: Request) -> JSONResponse:
+    """Ready when the database answers, through the connections requests use,
+    and its schema is at the newest migration."""
     state = request.app.state
-    database, schema = "ok", "unknown"
+    reachable, schema = "ok", "unknown"
     try:
-        with state.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-            schema = schema_state(
-                connection, heads=state.schema_heads, known=state.schema_revisions
-            )
-    except Exception as error:
-        if not is_unavailable(error):
-            raise
-        database = "unreachable"
-    ready = database == "ok" and schema == "current"
+        schema = await database.schema_state(heads=state.schema_heads, known=state.schema_revisions)
+    except DatabaseUnavailable:
+        reachable = "unreachable"
+    ready = reachable == "ok" and schema == "current"
     return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "database": database, "schema": schema},
+        {"status": "ready" if ready else "unavailable", "database": reachable, "schema": schema},
         status_code=200 if ready else 503,
     )

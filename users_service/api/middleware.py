@@ -12,13 +12,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from users_service.errors import (
-    Problem,
-    internal_error,
-    payload_too_large,
-    problem_response,
-    service_unavailable,
-)
+from users_service.api.problems import problem_response
+from users_service.errors import InternalError, PayloadTooLarge, ServiceUnavailable
 from users_service.logs import AccessLog
 from users_service.metrics import UNMATCHED_ROUTE, RequestMetrics
 from users_service.request_context import (
@@ -31,8 +26,8 @@ from users_service.request_context import (
 logger = logging.getLogger("users_service.requests")
 
 
-def abandoned_at_shutdown() -> Problem:
-    return service_unavailable(
+def abandoned_at_shutdown() -> ServiceUnavailable:
+    return ServiceUnavailable(
         "The service shut down before this request finished; whether it took effect "
         "is unknown: retry it (with the same Idempotency-Key)"
     )
@@ -81,7 +76,7 @@ class RequestContextMiddleware:
             logger.exception("unhandled error [request_id=%s]", request_id)
             if status != 500:  # the answer had started: nothing more can be sent
                 raise
-            await problem_response(internal_error())(scope, receive, send_with_request_id)
+            await problem_response(InternalError())(scope, receive, send_with_request_id)
         finally:
             reset_request_id(token)
             self._observe(scope, request_id, status, time.perf_counter() - started)
@@ -116,6 +111,7 @@ class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self._too_large = PayloadTooLarge(f"The request body is larger than {max_bytes} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -132,7 +128,7 @@ class BodyLimitMiddleware:
             return
         if declared is not None:
             if declared.isdigit() and int(declared) > self.max_bytes:
-                await problem_response(payload_too_large(self.max_bytes))(scope, receive, send)
+                await problem_response(self._too_large)(scope, receive, send)
                 return
             await self.app(scope, receive, send)
             return
@@ -146,7 +142,7 @@ class BodyLimitMiddleware:
             chunks.append(message.get("body", b""))
             received += len(chunks[-1])
             if received > self.max_bytes:
-                await problem_response(payload_too_large(self.max_bytes))(scope, receive, send)
+                await problem_response(self._too_large)(scope, receive, send)
                 return
             if not message.get("more_body", False):
                 break

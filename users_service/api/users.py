@@ -7,30 +7,24 @@ from fastapi import APIRouter, Request, Response, status
 
 from users_service import crud, metrics
 from users_service.api.deps import (
-    IDEMPOTENCY_KEY,
-    IF_MATCH,
-    IF_NONE_MATCH,
-    USER_ID,
     USER_PATH,
-    cursor_codec_of,
-    database_of,
-    header_of,
-    save_idempotent_answer,
-    user_id_of,
+    CursorCodecDep,
+    DatabaseDep,
+    IdempotencyDep,
+    IfMatch,
+    IfNoneMatch,
+    ListQuery,
+    UserId,
 )
-from users_service.api.routing import (
-    MERGE_PATCH_JSON,
-    JSONBodyRoute,
-    parse_query,
-    query_parameters,
-)
-from users_service.errors import problem_responses, validation_failed
-from users_service.jsonio import JSONResponse, json_bytes_response
+from users_service.api.jsonio import JSONResponse, json_bytes_response
+from users_service.api.problems import problem_responses
+from users_service.api.routing import TypedRoute
+from users_service.db.rendering import UserRecord
+from users_service.errors import ValidationFailed
 from users_service.models import (
     UserBatchCreate,
     UserBatchPublic,
     UserCreate,
-    UserListQuery,
     UserPage,
     UserPublic,
     UserReplace,
@@ -39,11 +33,7 @@ from users_service.models import (
 from users_service.pagination import InvalidCursor, SortOrder
 from users_service.preconditions import etag, if_match_condition, if_none_match_condition
 
-router = APIRouter(
-    prefix="/users",
-    tags=["users"],
-    route_class=JSONBodyRoute,
-)
+router = APIRouter(prefix="/users", tags=["users"], route_class=TypedRoute)
 
 LOCATION_HEADER = {"Location": {"description": "/users/{id}", "schema": {"type": "string"}}}
 REPLAYED_HEADER = {
@@ -59,9 +49,15 @@ ETAG_HEADER = {
         "schema": {"type": "string"},
     }
 }
+LINK_HEADER = {
+    "Link": {
+        "description": 'Present when there is a next page: `<...>; rel="next"`.',
+        "schema": {"type": "string"},
+    }
+}
 
 
-def user_response(user: crud.UserRecord, status_code: int = 200, **headers: str) -> JSONResponse:
+def user_response(user: UserRecord, status_code: int = 200, **headers: str) -> JSONResponse:
     return JSONResponse(
         user, status_code=status_code, headers={"ETag": etag(user["version"]), **headers}
     )
@@ -76,13 +72,14 @@ def next_page_path(request: Request, cursor: str) -> str:
     return f"{request.url.path}?{'&'.join([*kept, f'cursor={cursor}'])}"
 
 
-# Routes are matched in this order: the most used first (see README, "Throughput").
+# Routes are matched in this order: the most used first (docs/performance.md).
 
 
 @router.get(
     USER_PATH,
     response_model=UserPublic,
     operation_id="get_user",
+    summary="Get a user",
     responses={
         200: {"headers": ETAG_HEADER},
         304: {
@@ -91,14 +88,14 @@ def next_page_path(request: Request, cursor: str) -> str:
         },
         **problem_responses(401, 404, 422, 503),
     },
-    openapi_extra={"parameters": [USER_ID, IF_NONE_MATCH]},
 )
-async def get_user(request: Request) -> Response:
-    user_id = user_id_of(request)
-    async with database_of(request).read() as connection:
+async def get_user(
+    user_id: UserId, database: DatabaseDep, if_none_match: IfNoneMatch = None
+) -> Response:
+    async with database.read() as connection:
         user = await crud.get_user(connection=connection, user_id=user_id)
     headers = {"ETag": etag(user.version)}
-    unchanged = if_none_match_condition(header_of(request, IF_NONE_MATCH))
+    unchanged = if_none_match_condition(if_none_match)
     if unchanged is not None and unchanged.matches(user.version):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     return json_bytes_response(user.json.encode(), headers=headers)
@@ -108,22 +105,13 @@ async def get_user(request: Request) -> Response:
     "",
     response_model=UserPage,
     operation_id="list_users",
-    responses={
-        200: {
-            "headers": {
-                "Link": {
-                    "description": 'Present when there is a next page: `<...>; rel="next"`.',
-                    "schema": {"type": "string"},
-                }
-            }
-        },
-        **problem_responses(401, 422, 503),
-    },
-    openapi_extra={"parameters": query_parameters(UserListQuery)},
+    summary="List users",
+    responses={200: {"headers": LINK_HEADER}, **problem_responses(401, 422, 503)},
 )
-async def list_users(request: Request) -> Response:
-    query = parse_query(UserListQuery, request)
-    cursors = cursor_codec_of(request)
+async def list_users(
+    query: ListQuery, database: DatabaseDep, cursors: CursorCodecDep, request: Request
+) -> Response:
+    """A page of users in the order asked, filtered; `next_cursor` for the next page."""
     order = SortOrder.parse(query.sort)
     context = query.filter_fingerprint()
     after = None
@@ -131,10 +119,10 @@ async def list_users(request: Request) -> Response:
         try:
             after = cursors.decode(query.cursor, order, context)
         except InvalidCursor as error:
-            raise validation_failed(
+            raise ValidationFailed(
                 [{"loc": ["query", "cursor"], "msg": str(error), "type": "cursor_invalid"}]
             ) from None
-    async with database_of(request).read(heavy=crud.may_scan(query)) as connection:
+    async with database.read(heavy=crud.may_scan(query)) as connection:
         page = await crud.list_users(connection=connection, query=query, order=order, after=after)
     next_cursor = None
     headers = {}
@@ -154,17 +142,19 @@ async def list_users(request: Request) -> Response:
     status_code=status.HTTP_201_CREATED,
     response_model=UserPublic,
     operation_id="create_user",
+    summary="Create a user",
     responses={
         201: {"headers": {**ETAG_HEADER, **LOCATION_HEADER, **REPLAYED_HEADER}},
         **problem_responses(401, 403, 409, 413, 415, 422, 503),
     },
-    openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )
-async def create_user(body: UserCreate, request: Request) -> Response:
-    async with database_of(request).transaction() as connection:
+async def create_user(
+    body: UserCreate, database: DatabaseDep, idempotency: IdempotencyDep
+) -> Response:
+    async with database.transaction() as connection:
         user = await crud.create_user(connection=connection, data=body)
         response = user_response(user, status.HTTP_201_CREATED, Location=f"/users/{user['id']}")
-        await save_idempotent_answer(request, response, connection=connection)
+        await idempotency.save(response, connection=connection)
     metrics.USERS_CREATED.inc()
     return response
 
@@ -173,26 +163,22 @@ async def create_user(body: UserCreate, request: Request) -> Response:
     USER_PATH,
     response_model=UserPublic,
     operation_id="update_user",
+    summary="Change some of a user's fields",
     responses={
         200: {"headers": ETAG_HEADER},
         **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 503),
     },
-    openapi_extra={
-        "parameters": [USER_ID, IF_MATCH],
-        "requestBody": {
-            "content": {MERGE_PATCH_JSON: {"schema": {"$ref": "#/components/schemas/UserUpdate"}}}
-        },
-    },
 )
-async def update_user(body: UserUpdate, request: Request) -> Response:
-    user_id = user_id_of(request)
-    expected = if_match_condition(header_of(request, IF_MATCH))
-    async with database_of(request).transaction() as connection:
+async def update_user(
+    user_id: UserId, body: UserUpdate, database: DatabaseDep, if_match: IfMatch = None
+) -> Response:
+    """Only the fields sent change (a JSON merge patch)."""
+    async with database.transaction() as connection:
         user = await crud.update_user(
             connection=connection,
             user_id=user_id,
             changes=body.model_dump(include=body.model_fields_set),
-            expected=expected,
+            expected=if_match_condition(if_match),
         )
     metrics.USERS_UPDATED.inc()
     return user_response(user)
@@ -202,18 +188,21 @@ async def update_user(body: UserUpdate, request: Request) -> Response:
     USER_PATH,
     response_model=UserPublic,
     operation_id="replace_user",
+    summary="Replace a user's fields",
     responses={
         200: {"headers": ETAG_HEADER},
         **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 503),
     },
-    openapi_extra={"parameters": [USER_ID, IF_MATCH]},
 )
-async def replace_user(body: UserReplace, request: Request) -> Response:
-    user_id = user_id_of(request)
-    expected = if_match_condition(header_of(request, IF_MATCH))
-    async with database_of(request).transaction() as connection:
+async def replace_user(
+    user_id: UserId, body: UserReplace, database: DatabaseDep, if_match: IfMatch = None
+) -> Response:
+    async with database.transaction() as connection:
         user = await crud.update_user(
-            connection=connection, user_id=user_id, changes=body.model_dump(), expected=expected
+            connection=connection,
+            user_id=user_id,
+            changes=body.model_dump(),
+            expected=if_match_condition(if_match),
         )
     metrics.USERS_UPDATED.inc()
     return user_response(user)
@@ -223,14 +212,14 @@ async def replace_user(body: UserReplace, request: Request) -> Response:
     USER_PATH,
     status_code=status.HTTP_204_NO_CONTENT,
     operation_id="delete_user",
+    summary="Delete a user",
     responses=problem_responses(401, 403, 404, 412, 422, 503),
-    openapi_extra={"parameters": [USER_ID, IF_MATCH]},
 )
-async def delete_user(request: Request) -> Response:
-    user_id = user_id_of(request)
-    expected = if_match_condition(header_of(request, IF_MATCH))
-    async with database_of(request).transaction() as connection:
-        await crud.delete_user(connection=connection, user_id=user_id, expected=expected)
+async def delete_user(user_id: UserId, database: DatabaseDep, if_match: IfMatch = None) -> Response:
+    async with database.transaction() as connection:
+        await crud.delete_user(
+            connection=connection, user_id=user_id, expected=if_match_condition(if_match)
+        )
     metrics.USERS_DELETED.inc()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -240,17 +229,19 @@ async def delete_user(request: Request) -> Response:
     status_code=status.HTTP_201_CREATED,
     response_model=UserBatchPublic,
     operation_id="create_users",
+    summary="Create users, all or none",
     responses={
         201: {"headers": REPLAYED_HEADER},
         **problem_responses(401, 403, 409, 413, 415, 422, 503),
     },
-    openapi_extra={"parameters": [IDEMPOTENCY_KEY]},
 )
-async def create_users(body: UserBatchCreate, request: Request) -> Response:
+async def create_users(
+    body: UserBatchCreate, database: DatabaseDep, idempotency: IdempotencyDep
+) -> Response:
     """Create 1-1000 users, all or nothing; they come back in the order sent."""
-    async with database_of(request).transaction() as connection:
+    async with database.transaction() as connection:
         created = await crud.create_users(connection=connection, data=body.users)
         response = JSONResponse({"items": created}, status_code=status.HTTP_201_CREATED)
-        await save_idempotent_answer(request, response, connection=connection)
+        await idempotency.save(response, connection=connection)
     metrics.USERS_CREATED.inc(len(created))
     return response

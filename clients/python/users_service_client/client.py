@@ -1,4 +1,7 @@
-"""A Python client for users-service: `UsersClient` (sync) and `AsyncUsersClient`.
+"""The Python client of users-service: `UsersClient` (sync) and `AsyncUsersClient`.
+
+It needs httpx and pydantic, and nothing of the server: its types
+(models.py) are generated from the service's openapi.json.
 
 Both are thin transports around one shared core: every operation is first
 built as a `Call` (method, path, query, body, headers, how its answer is
@@ -53,15 +56,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Generic, Self, TypedDict, TypeVar, Unpack
+from typing import Any, Generic, Self, TypeVar, Unpack
 
 import httpx
 from pydantic import TypeAdapter
 
-from users_service import __version__
-from users_service.models import SortValue, UserCreate, UserPage, UserPublic
+from users_service_client.models import (
+    ErrorCode,
+    NewUser,
+    UserChanges,
+    UserFilters,
+    UserPage,
+    UserPublic,
+)
 
-logger = logging.getLogger("users_service.client")
+__version__ = "0.1.0"
+logger = logging.getLogger("users_service_client")
 
 T = TypeVar("T")
 
@@ -178,21 +188,23 @@ class ServiceUnavailable(UsersServiceError):
 
 
 ERRORS_BY_CODE: dict[str, type[UsersServiceError]] = {
-    "unauthorized": Unauthorized,
-    "forbidden": Forbidden,
-    "not_found": NotFound,
-    "user_not_found": UserNotFound,
-    "method_not_allowed": MethodNotAllowed,
-    "email_taken": EmailTaken,
-    "idempotency_key_in_use": IdempotencyKeyInUse,
-    "version_mismatch": VersionMismatch,
-    "payload_too_large": PayloadTooLarge,
-    "unsupported_media_type": UnsupportedMediaType,
-    "validation_failed": ValidationFailed,
-    "idempotency_key_reused": IdempotencyKeyReused,
-    "internal_error": InternalError,
-    "service_unavailable": ServiceUnavailable,
+    ErrorCode.UNAUTHORIZED: Unauthorized,
+    ErrorCode.FORBIDDEN: Forbidden,
+    ErrorCode.NOT_FOUND: NotFound,
+    ErrorCode.USER_NOT_FOUND: UserNotFound,
+    ErrorCode.METHOD_NOT_ALLOWED: MethodNotAllowed,
+    ErrorCode.EMAIL_TAKEN: EmailTaken,
+    ErrorCode.IDEMPOTENCY_KEY_IN_USE: IdempotencyKeyInUse,
+    ErrorCode.VERSION_MISMATCH: VersionMismatch,
+    ErrorCode.PAYLOAD_TOO_LARGE: PayloadTooLarge,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: UnsupportedMediaType,
+    ErrorCode.VALIDATION_FAILED: ValidationFailed,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: IdempotencyKeyReused,
+    ErrorCode.INTERNAL_ERROR: InternalError,
+    ErrorCode.SERVICE_UNAVAILABLE: ServiceUnavailable,
 }
+"""The exception for each code the service documents (a test checks that
+every code in openapi.json has one)."""
 ERRORS_BY_STATUS: dict[int, type[UsersServiceError]] = {
     401: Unauthorized,
     403: Forbidden,
@@ -277,26 +289,6 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
 
 
 # --- the calls -------------------------------------------------------------------------
-
-
-class UserFilters(TypedDict, total=False):
-    """The sort and filters of GET /users (see the README's Listing section)."""
-
-    sort: SortValue
-    email: str
-    name: str
-    min_age: int
-    max_age: int
-    created_after: datetime
-    created_before: datetime
-
-
-class UserChanges(TypedDict, total=False):
-    """The fields a PATCH may change; those not given are left as they are."""
-
-    name: str
-    email: str
-    age: int
 
 
 UserRef = UserPublic | uuid.UUID | str
@@ -416,24 +408,22 @@ class Calls:
     def __init__(self, *, idempotency_keys: bool) -> None:
         self.idempotency_keys = idempotency_keys
 
-    def create_user(
-        self, name: str, email: str, age: int, idempotency_key: str | None
-    ) -> Call[UserPublic]:
+    def create_user(self, fields: NewUser, idempotency_key: str | None) -> Call[UserPublic]:
         headers = _creation_headers(idempotency_key, self.idempotency_keys)
         return Call(
             "POST",
             "/users",
             _read_user,
-            body={"name": name, "email": email, "age": age},
+            body=dict(fields),
             headers=headers,
             idempotent=IDEMPOTENCY_KEY in headers,
         )
 
     def create_users(
-        self, users: Sequence[UserCreate | Mapping[str, Any]], idempotency_key: str | None
+        self, users: Sequence[NewUser | Mapping[str, Any]], idempotency_key: str | None
     ) -> Call[list[UserPublic]]:
         headers = _creation_headers(idempotency_key, self.idempotency_keys)
-        body = [u.model_dump() if isinstance(u, UserCreate) else dict(u) for u in users]
+        body = [dict(user) for user in users]
         return Call(
             "POST",
             "/users/batch",
@@ -455,13 +445,13 @@ class Calls:
         return Call("GET", "/users", _read_page, params=params)
 
     def replace_user(
-        self, user: UserRef, name: str, email: str, age: int, if_match: str | int | None
+        self, user: UserRef, fields: NewUser, if_match: str | int | None
     ) -> Call[UserPublic]:
         return Call(
             "PUT",
             _user_path(user),
             _read_user,
-            body={"name": name, "email": email, "age": age},
+            body=dict(fields),
             headers=_if_match(user, if_match),
         )
 
@@ -649,13 +639,14 @@ class UsersClient(_ClientBase):
             self._sleep(delay)
 
     def create_user(
-        self, *, name: str, email: str, age: int, idempotency_key: str | None = None
+        self, *, idempotency_key: str | None = None, **fields: Unpack[NewUser]
     ) -> UserPublic:
-        return self.send(self.calls.create_user(name, email, age, idempotency_key))
+        """POST /users with the user's fields as keyword arguments."""
+        return self.send(self.calls.create_user(fields, idempotency_key))
 
     def create_users(
         self,
-        users: Sequence[UserCreate | Mapping[str, Any]],
+        users: Sequence[NewUser | Mapping[str, Any]],
         *,
         idempotency_key: str | None = None,
     ) -> list[UserPublic]:
@@ -689,16 +680,11 @@ class UsersClient(_ClientBase):
             cursor = page.next_cursor
 
     def replace_user(
-        self,
-        user: UserRef,
-        *,
-        name: str,
-        email: str,
-        age: int,
-        if_match: str | int | None = None,
+        self, user: UserRef, *, if_match: str | int | None = None, **fields: Unpack[NewUser]
     ) -> UserPublic:
-        """PUT. Given a `UserPublic`, only if it is still at that version (else VersionMismatch)."""
-        return self.send(self.calls.replace_user(user, name, email, age, if_match))
+        """PUT every field. Given a `UserPublic`, only if it is still at that version
+        (else VersionMismatch)."""
+        return self.send(self.calls.replace_user(user, fields, if_match))
 
     def update_user(
         self, user: UserRef, *, if_match: str | int | None = None, **changes: Unpack[UserChanges]
@@ -774,13 +760,14 @@ class AsyncUsersClient(_ClientBase):
             await self._sleep(delay)
 
     async def create_user(
-        self, *, name: str, email: str, age: int, idempotency_key: str | None = None
+        self, *, idempotency_key: str | None = None, **fields: Unpack[NewUser]
     ) -> UserPublic:
-        return await self.send(self.calls.create_user(name, email, age, idempotency_key))
+        """POST /users with the user's fields as keyword arguments."""
+        return await self.send(self.calls.create_user(fields, idempotency_key))
 
     async def create_users(
         self,
-        users: Sequence[UserCreate | Mapping[str, Any]],
+        users: Sequence[NewUser | Mapping[str, Any]],
         *,
         idempotency_key: str | None = None,
     ) -> list[UserPublic]:
@@ -815,16 +802,11 @@ class AsyncUsersClient(_ClientBase):
             cursor = page.next_cursor
 
     async def replace_user(
-        self,
-        user: UserRef,
-        *,
-        name: str,
-        email: str,
-        age: int,
-        if_match: str | int | None = None,
+        self, user: UserRef, *, if_match: str | int | None = None, **fields: Unpack[NewUser]
     ) -> UserPublic:
-        """PUT. Given a `UserPublic`, only if it is still at that version (else VersionMismatch)."""
-        return await self.send(self.calls.replace_user(user, name, email, age, if_match))
+        """PUT every field. Given a `UserPublic`, only if it is still at that version
+        (else VersionMismatch)."""
+        return await self.send(self.calls.replace_user(user, fields, if_match))
 
     async def update_user(
         self, user: UserRef, *, if_match: str | int | None = None, **changes: Unpack[UserChanges]

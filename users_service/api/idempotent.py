@@ -1,0 +1,125 @@
+"""The Idempotency-Key flow around a route that declares the header.
+
+A request with a key claims it before anything else is read (see
+users_service/idempotency.py for what is stored): a retry gets the first
+answer back, whatever it was (a 201, a 409, a 422 about the body), unless
+it was a 5xx. The route stores a success's answer in its own write
+transaction (`Idempotency.save`), so the user and the answer that announces
+it commit together; other answers are stored here, after the fact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from starlette.responses import Response
+
+from users_service import idempotency
+from users_service.api.problems import error_response
+from users_service.db.database import Connection, Database
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+REPLAYED_HEADER = "Idempotency-Replayed"
+# Headers an answer is replayed with (besides its body and content type).
+KEPT_HEADERS = ("location", "etag", "content-type")
+
+
+def answer_of(response: Response) -> idempotency.StoredAnswer:
+    headers = {name: value for name, value in response.headers.items() if name in KEPT_HEADERS}
+    return idempotency.StoredAnswer(response.status_code, headers, bytes(response.body))
+
+
+def replay(answer: idempotency.StoredAnswer) -> Response:
+    return Response(
+        answer.body, status_code=answer.status, headers={**answer.headers, REPLAYED_HEADER: "true"}
+    )
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """What a route needs of the flow: where to store its answer, if anywhere."""
+
+    claim: idempotency.Claim | None
+
+    async def save(self, response: Response, *, connection: Connection) -> None:
+        """Store `response` for the request's key, if it has one, in the
+        connection's open write transaction."""
+        if self.claim is not None:
+            await idempotency.save_answer(
+                connection=connection, claimed=self.claim, answer=answer_of(response)
+            )
+
+
+NO_KEY = Idempotency(None)
+_CLAIM = "idempotency_claim"
+
+
+def idempotency_of(request: Request) -> Idempotency:
+    """The route's view of the flow (see api/deps.py's IdempotencyDep)."""
+    claim = request.scope.get(_CLAIM)
+    return NO_KEY if claim is None else Idempotency(claim)
+
+
+def key_field_of(dependant: Dependant) -> Any | None:
+    """The Idempotency-Key header parameter a route declares, if it does
+    (itself or through one of its dependencies)."""
+    for field in dependant.header_params:
+        if field.alias.lower() == idempotency.HEADER.lower():
+            return field
+    for sub in dependant.dependencies:
+        if (found := key_field_of(sub)) is not None:
+            return found
+    return None
+
+
+def flow(
+    handler: Handler,
+    *,
+    key_field: Any,
+    endpoint: str,
+    check_media_type: Callable[[Request], None],
+) -> Handler:
+    loc = ("header", key_field.alias)
+
+    async def handle(request: Request) -> Response:
+        check_media_type(request)
+        key = request.headers.get(idempotency.HEADER)
+        if key is None:
+            return await handler(request)
+        _, errors = key_field.validate(key, {}, loc=loc)
+        if errors:
+            raise RequestValidationError(errors)
+        database: Database = request.app.state.database
+        outcome = await idempotency.claim(
+            database=database,
+            caller=request.state.caller,
+            endpoint=endpoint,
+            key=key,
+            request_hash=idempotency.fingerprint(await request.body()),
+        )
+        if isinstance(outcome, idempotency.StoredAnswer):
+            return replay(outcome)
+        request.scope[_CLAIM] = outcome
+        try:
+            response = await handler(request)
+        except Exception as error:
+            try:
+                response = error_response(error)
+            except Exception:
+                await idempotency.release(database=database, claimed=outcome)
+                raise
+        if response.status_code >= 500:
+            await idempotency.release(database=database, claimed=outcome)
+        elif not outcome.saved:
+            await idempotency.save_answer_now(
+                database=database, claimed=outcome, answer=answer_of(response)
+            )
+        return response
+
+    return handle
