@@ -141,13 +141,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_production(self) -> Self:
-        if self.environment is not Environment.production:
-            return self
-        if self.cursor_secret.get_secret_value() == DEVELOPMENT_CURSOR_SECRET:
+        public_secret = self.cursor_secret.get_secret_value() == DEVELOPMENT_CURSOR_SECRET
+        keys_set = bool(self.api_keys.get_secret_value() or self.api_read_keys.get_secret_value())
+        if public_secret and (self.environment is not Environment.development or keys_set):
+            # The built-in secret is public: anyone could sign a cursor with it.
             raise ValueError(
-                "CURSOR_SECRET must be set to a private value when ENVIRONMENT=production"
+                "CURSOR_SECRET must be set to a private value when ENVIRONMENT is not "
+                "development or API keys are set: the built-in one is public"
             )
-        if not self.api_key_list:
+        if self.environment is Environment.production and not keys_set:
             raise ValueError(
                 "API_KEYS or API_READ_KEYS must be set when ENVIRONMENT=production: "
                 "the service will not serve users to anyone who asks"
