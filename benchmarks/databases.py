@@ -32,7 +32,11 @@ def fresh_database(backend: str, work: Path) -> tuple[str, Engine]:
         os.environ["TEST_DATABASE_URLS"] = SERVER_URLS[backend]
     url = create_fresh_database(backend, work, "")
     migrate(url)
-    settings = load_settings(database_url=url, environment="test", db_statement_timeout_ms=0)
+    settings = load_settings(
+        database_url=url,
+        environment="development",  # only its engine is used: no cursor, no keys
+        db_statement_timeout_ms=0,
+    )
     return url, create_db_engine(settings)  # seeding a million rows is no request
 
 

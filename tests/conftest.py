@@ -14,6 +14,7 @@ browsers). `make test-fast` runs the first two on SQLite.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,11 +25,16 @@ from sqlalchemy import delete
 
 from tests.databases import backend_ids, create_fresh_database, migrate
 from tests.helpers import READER_KEY, WRITER_KEY
+from tests.server import TEST_CURSOR_SECRET
 from users_service.main import create_app
 from users_service.models import idempotency_keys, users
 from users_service.settings import Settings, load_settings
 
 LEVELS = ("unit", "api", "system")
+
+# ENVIRONMENT=test refuses the built-in cursor secret: the suite's own, for
+# the settings the tests load in process (tests/server.py gives it to servers).
+os.environ.setdefault("CURSOR_SECRET", TEST_CURSOR_SECRET)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -29,12 +29,19 @@ def free_port() -> int:
         return port
 
 
+# The cursor secret of ENVIRONMENT=test, where the built-in one is refused.
+TEST_CURSOR_SECRET = "test-suite-cursor-secret-not-for-production"
+
+
 def service_env(**variables: str) -> dict[str, str]:
-    """The test process's environment without any service setting, plus `variables`."""
+    """The test process's environment without any service setting, plus
+    `variables` (and, for ENVIRONMENT=test, the suite's cursor secret)."""
     env = {
         name: value for name, value in os.environ.items() if name.upper() not in SETTINGS_VARIABLES
     }
     env.update(variables)
+    if env.get("ENVIRONMENT") == "test":
+        env.setdefault("CURSOR_SECRET", TEST_CURSOR_SECRET)
     return env
 
 

@@ -298,9 +298,29 @@ def page_statement(
     return statement.order_by(*order.order_by()).limit(bindparam("limit", type_=Integer))
 
 
-def may_scan(query: UserListQuery) -> bool:
-    """Whether the query may read many rows: a name substring, or a count."""
-    return query.name is not None or query.include_total
+# Range filters on the column a sort walks: its index bounds them.
+_RANGE_FILTERS = {
+    "min_age": "age",
+    "max_age": "age",
+    "created_after": "created_at",
+    "created_before": "created_at",
+}
+
+
+def may_scan(query: UserListQuery, order: SortOrder) -> bool:
+    """Whether a listing may read far more index entries than the page it
+    returns: a count, a name substring, or a range filter on another column
+    than the sort's (the sort's index is walked until a page matches, or
+    the filter's index is walked and sorted). An exact email finds at most
+    one user through its unique index, whatever else is asked."""
+    if query.email is not None:
+        return False
+    if query.include_total or query.name is not None:
+        return True
+    return any(
+        getattr(query, name) is not None and column != order.field
+        for name, column in _RANGE_FILTERS.items()
+    )
 
 
 def count_statement(filters: Sequence[str]) -> Select[Any]:

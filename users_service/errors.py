@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     SERVICE_UNAVAILABLE = "service_unavailable"
     INTERNAL_ERROR = "internal_error"
+    RATE_LIMITED = "rate_limited"
 
 
 FieldErrors = Sequence[Mapping[str, Any]]
@@ -138,3 +139,8 @@ class ServiceUnavailable(ServiceError):
 class InternalError(ServiceError):
     code = ErrorCode.INTERNAL_ERROR
     message = "The service failed to answer; the request id identifies the failure in its logs"
+
+
+class RateLimited(ServiceError):
+    code = ErrorCode.RATE_LIMITED
+    message = "Too many requests from this caller at once; retry shortly"

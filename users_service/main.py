@@ -12,7 +12,11 @@ from fastapi import FastAPI
 from users_service import __version__
 from users_service.api import docs, health, users
 from users_service.api.auth import ApiKeyMiddleware
-from users_service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from users_service.api.middleware import (
+    BodyLimitMiddleware,
+    CallerConcurrencyMiddleware,
+    RequestContextMiddleware,
+)
 from users_service.api.problems import install_error_handlers
 from users_service.db.database import Database, create_database
 from users_service.db.engine import configure_threadpool, create_db_engine
@@ -37,6 +41,7 @@ async def flush_and_sample(database: Database, access_log: AccessLog) -> None:
         await asyncio.sleep(FLUSH_SECONDS)
         flush_logs()
         access_log.flush()
+        await database.prune()
         set_pool_usage(*database.pool_usage())
 
 
@@ -89,8 +94,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.schema_heads, app.state.schema_revisions = migration_revisions()
 
     install_error_handlers(app)
-    # Outermost last: request ids, then API keys, then the body limit.
+    # Outermost last: request ids, then API keys, then each caller's
+    # requests in flight, then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        CallerConcurrencyMiddleware, limit=settings.max_requests_in_flight_per_caller
+    )
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list)
     app.add_middleware(RequestContextMiddleware, access_log=access_log)
     docs.install_docs(app)

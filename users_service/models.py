@@ -360,7 +360,10 @@ class UserListQuery(SQLModel):
             return None
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+14:00 is in year 0 in UTC
+            raise ValueError("must be from 0001-01-01 to 9999-12-31 in UTC") from None
 
     def filter_fingerprint(self) -> str:
         """The filters, as text: what a cursor is bound to besides the sort."""

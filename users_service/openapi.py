@@ -9,6 +9,7 @@ made from an app whose database is never opened.
 from __future__ import annotations
 
 import json
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ def document() -> dict[str, Any]:
     """The app's OpenAPI document."""
     with tempfile.TemporaryDirectory() as unused:
         settings = load_settings(
-            database_url=f"sqlite:///{Path(unused) / 'never-opened.db'}", environment="test"
+            database_url=f"sqlite:///{Path(unused) / 'never-opened.db'}",
+            environment="test",
+            cursor_secret=secrets.token_hex(16),  # never used: no cursor is made
         )
         app = create_app(settings)
         try:

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, and_, or_, tuple_
 from sqlalchemy.sql.elements import UnaryExpression
 
 from users_service.db.rendering import as_utc
-from users_service.models import users
+from users_service.models import has_forbidden_characters, users
 
 SORT_FIELDS = ("created_at", "name", "email", "age")
 SORT_VALUES = tuple(f"{prefix}{field}" for field in SORT_FIELDS for prefix in ("", "-"))
@@ -112,7 +112,33 @@ class CursorCodec:
             raise InvalidCursor("cursor is malformed") from None
         if not hmac.compare_digest(signature, self._sign(payload, f"{order}|{context}")):
             raise InvalidCursor("cursor is not valid for this sort and these filters")
-        value, last_id = orjson.loads(payload)
-        if order.field == "created_at":
-            value = datetime.fromisoformat(value)
-        return value, uuid.UUID(last_id)
+        try:
+            return _sort_key(orjson.loads(payload), order)
+        except (ValueError, TypeError, OverflowError):
+            # Signed but not a key: made with a secret someone else knows.
+            raise InvalidCursor("cursor is malformed") from None
+
+
+def _sort_key(payload: Any, order: SortOrder) -> tuple[Any, uuid.UUID]:
+    """The (value, id) a cursor holds, each checked as its column's type."""
+    if not (isinstance(payload, list) and len(payload) == 2):
+        raise ValueError("a cursor holds [value, id]")
+    value, last_id = payload
+    if not isinstance(last_id, str):
+        raise ValueError("id must be text")
+    kind = users.c[order.field].type.python_type
+    if kind is datetime:
+        if not isinstance(value, str):
+            raise ValueError("timestamp must be text")
+        value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            raise ValueError("timestamp must have an offset")
+        value = as_utc(value)
+    elif kind is int:
+        if type(value) is not int or not -(2**63) < value < 2**63:
+            raise ValueError("value must be a 64-bit integer")
+    elif not isinstance(value, kind) or (
+        isinstance(value, str) and has_forbidden_characters(value)
+    ):
+        raise ValueError(f"value must be {kind.__name__} without control characters")
+    return value, uuid.UUID(last_id)

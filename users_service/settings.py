@@ -117,9 +117,26 @@ class Settings(BaseSettings):
     db_max_overflow: Annotated[int, Field(ge=0, le=1000)] = 0
     db_pool_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     db_connect_timeout_seconds: Annotated[int, Field(ge=1, le=300)] = 5
+    # A pooled connection is closed once it is this old, or has been idle
+    # this long (PostgreSQL and MariaDB): the server's memory is given back,
+    # and a failover or a pooler's restart is picked up.
+    db_connection_max_lifetime_seconds: Annotated[float, Field(gt=0, le=86_400)] = 3600.0
+    db_connection_max_idle_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600.0
     # Longest a single statement may run on PostgreSQL / MariaDB before the
-    # database cancels it (the request answers 503); 0 turns the limit off.
+    # database cancels it, and a SQLite read that may scan before it is
+    # interrupted (the request answers 503); 0 turns the limit off.
     db_statement_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 10_000
+    # Reads that may scan many rows (a name substring, a count, a filter on
+    # another column than the sort's) running at once per process, off the
+    # event loop; more wait for a turn (up to DB_POOL_TIMEOUT_SECONDS, then 503).
+    db_heavy_reads: Annotated[int, Field(ge=1, le=1000)] = 4
+    # Connections of the pool that reads never take, so that writers never
+    # wait behind readers (at most the pool's size less one).
+    db_write_reserve: Annotated[int, Field(ge=1, le=1000)] = 4
+
+    # Requests one caller may have in flight at once per process; beyond
+    # that, 429 rate_limited. 0 turns the cap off.
+    max_requests_in_flight_per_caller: Annotated[int, Field(ge=0, le=100_000)] = 100
 
     sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.FULL
     sqlite_busy_timeout_ms: Annotated[int, Field(ge=0, le=600_000)] = 10_000
@@ -141,13 +158,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_production(self) -> Self:
-        if self.environment is not Environment.production:
-            return self
-        if self.cursor_secret.get_secret_value() == DEVELOPMENT_CURSOR_SECRET:
+        public_secret = self.cursor_secret.get_secret_value() == DEVELOPMENT_CURSOR_SECRET
+        keys_set = bool(self.api_keys.get_secret_value() or self.api_read_keys.get_secret_value())
+        if public_secret and (self.environment is not Environment.development or keys_set):
+            # The built-in secret is public: anyone could sign a cursor with it.
             raise ValueError(
-                "CURSOR_SECRET must be set to a private value when ENVIRONMENT=production"
+                "CURSOR_SECRET must be set to a private value when ENVIRONMENT is not "
+                "development or API keys are set: the built-in one is public"
             )
-        if not self.api_key_list:
+        if self.environment is Environment.production and not keys_set:
             raise ValueError(
                 "API_KEYS or API_READ_KEYS must be set when ENVIRONMENT=production: "
                 "the service will not serve users to anyone who asks"

@@ -469,3 +469,24 @@ def test_hostile_field_value_is_refused_not_a_server_error(
     path = write_path(client, method)
     response = send_bytes(client, method, path, body_with(field, raw_value))
     assert_problem(response, 422, "validation_failed")
+
+
+def test_thousands_of_errors_are_listed_twenty_at_a_time_with_their_count(
+    client: TestClient,
+) -> None:
+    query = "&".join(f"x{number}=" for number in range(8310))
+    response = client.get(f"/users?{query}")
+
+    problem = response.json()
+    assert response.status_code == 422, response.text
+    assert len(problem["errors"]) == 20
+    assert problem["error_count"] == 8310
+    assert len(response.content) < 8 * 1024
+
+
+def test_an_error_list_gives_its_count_even_when_short(client: TestClient) -> None:
+    response = client.post("/users", json={"name": "", "email": "no", "age": 151})
+
+    problem = response.json()
+    assert response.status_code == 422
+    assert problem["error_count"] == len(problem["errors"]) == 3

@@ -5,7 +5,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.helpers import assert_problem, create_user, parse_timestamp
+from tests.helpers import assert_problem, create_user, forged_cursor, parse_timestamp
+from users_service.models import UserListQuery
+from users_service.pagination import SortOrder
 
 SORTS = ["created_at", "-created_at", "name", "-name", "email", "-email", "age", "-age"]
 LINK_NEXT = re.compile(r'^<([^>]+)>; rel="next"$')
@@ -162,6 +164,9 @@ def test_unknown_sort_is_422(client, sort):
         ("created_before", "0.5"),
         ("created_before", "1700000000"),
         ("include_total", "maybe"),
+        # Valid ISO 8601, but outside what a UTC timestamp can hold.
+        ("created_after", "9999-12-31T23:59:59.999999-23:59"),
+        ("created_before", "0001-01-01T00:00:00+14:00"),
     ],
 )
 def test_invalid_filter_is_422(client, parameter, value):
@@ -316,6 +321,29 @@ def test_altered_cursor_is_422(client, population, alteration):
 
     problem = assert_problem(response, 422, "validation_failed")
     assert error_locs(problem) == [["query", "cursor"]]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"value": "2026-11-30T00:00:00Z", "id": "5b1f0a52-8f1e-4f0e-9c55-2c1f3e7f9b10"},
+        [1700000000, "5b1f0a52-8f1e-4f0e-9c55-2c1f3e7f9b10"],
+        ["2026-11-30T00:00:00Z", "not-a-uuid"],
+        ["0001-01-01T00:00:00+14:00", "5b1f0a52-8f1e-4f0e-9c55-2c1f3e7f9b10"],
+        ["2026-11-30T00:00:00Z"],
+    ],
+    ids=["dict", "int-timestamp", "non-uuid-id", "timestamp-out-of-range", "short"],
+)
+def test_validly_signed_cursor_holding_no_key_is_422(client, settings, payload):
+    """Whoever knows the secret (the built-in one is public) can sign anything."""
+    order = SortOrder.parse("created_at")
+    context = UserListQuery().filter_fingerprint()
+    cursor = forged_cursor(payload, order, context, settings.cursor_secret.get_secret_value())
+
+    response = client.get("/users", params={"cursor": cursor})
+
+    problem = assert_problem(response, 422, "validation_failed")
+    assert ["query", "cursor"] in error_locs(problem)
 
 
 @pytest.mark.parametrize(

@@ -165,6 +165,26 @@ def test_production_without_cursor_secret_is_refused_naming_it() -> None:
         load_settings(environment="production")
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"environment": "test"},
+        {"environment": "production", "api_keys": "billing:a-long-random-key"},
+        {"environment": "development", "api_keys": "billing:a-long-random-key"},
+        {"environment": "development", "api_read_keys": "crm:a-long-random-key"},
+    ],
+)
+def test_the_public_built_in_cursor_secret_is_refused_outside_development_or_with_keys(
+    overrides: dict[str, str],
+) -> None:
+    with pytest.raises(SettingsError, match=r"\bCURSOR_SECRET\b.*built-in one is public"):
+        load_settings(**overrides)
+
+
+def test_development_without_keys_may_use_the_built_in_cursor_secret() -> None:
+    assert load_settings(environment="development").environment is Environment.development
+
+
 def test_production_with_cursor_secret_and_api_keys_is_accepted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

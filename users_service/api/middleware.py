@@ -12,8 +12,9 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from users_service.api.auth import is_protected
 from users_service.api.problems import problem_response
-from users_service.errors import InternalError, PayloadTooLarge, ServiceUnavailable
+from users_service.errors import InternalError, PayloadTooLarge, RateLimited, ServiceUnavailable
 from users_service.logs import AccessLog
 from users_service.metrics import UNMATCHED_ROUTE, RequestMetrics
 from users_service.request_context import (
@@ -157,3 +158,35 @@ def _replaying(messages: list[Message], receive: Receive) -> Receive:
         return messages.pop(0) if messages else await receive()
 
     return replay
+
+
+class CallerConcurrencyMiddleware:
+    """At most `limit` requests of one caller in flight at once in this
+    process, on the routes API keys guard (429 `rate_limited` beyond): one
+    caller cannot take every connection, thread and turn for itself.
+    Runs inside ApiKeyMiddleware, which names the caller."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight: dict[str, int] = {}
+        self._refusal = RateLimited()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.limit or not is_protected(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        caller = scope["state"]["caller"]
+        in_flight = self.in_flight.get(caller, 0)
+        if in_flight >= self.limit:
+            await problem_response(self._refusal)(scope, receive, send)
+            return
+        self.in_flight[caller] = in_flight + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            remaining = self.in_flight[caller] - 1
+            if remaining:
+                self.in_flight[caller] = remaining
+            else:
+                del self.in_flight[caller]

@@ -48,6 +48,9 @@ from users_service.request_context import current_request_id
 logger = logging.getLogger("users_service.errors")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+# The entries of `errors` an answer lists at most; `error_count` says how many
+# there were. 8,310 unknown query parameters made a 747 KB answer before.
+ERRORS_SHOWN = 20
 RETRY_AFTER_SECONDS = 5
 STATEMENT_TIMEOUT_DETAIL = "The database took too long to answer; try again shortly"
 
@@ -66,10 +69,12 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.SERVICE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.RATE_LIMITED: 429,
 }
 HEADERS: dict[ErrorCode, dict[str, str]] = {
     ErrorCode.UNAUTHORIZED: {"WWW-Authenticate": "Bearer"},
     ErrorCode.SERVICE_UNAVAILABLE: {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    ErrorCode.RATE_LIMITED: {"Retry-After": "1"},
 }
 
 
@@ -89,7 +94,10 @@ class ProblemDetails(BaseModel):
     errors: list[ErrorDetail] | None = Field(
         default=None,
         description="Where the request went wrong, one entry per input "
-        "(422, and 409 for a taken email).",
+        f"(422, and 409 for a taken email); the first {ERRORS_SHOWN} at most.",
+    )
+    error_count: int | None = Field(
+        default=None, description="How many errors there were, when there is an errors list."
     )
 
 
@@ -114,8 +122,9 @@ def problem_response(error: ServiceError, *, headers: dict[str, str] | None = No
     if error.errors is not None:
         body["errors"] = [
             {"loc": list(e["loc"]), "msg": str(e["msg"]), "type": str(e["type"])}
-            for e in error.errors
+            for e in error.errors[:ERRORS_SHOWN]
         ]
+        body["error_count"] = len(error.errors)
     return JSONResponse(
         body,
         status_code=status,

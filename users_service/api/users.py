@@ -122,7 +122,7 @@ async def list_users(
             raise ValidationFailed(
                 [{"loc": ["query", "cursor"], "msg": str(error), "type": "cursor_invalid"}]
             ) from None
-    async with database.read(heavy=crud.may_scan(query)) as connection:
+    async with database.read(heavy=crud.may_scan(query, order)) as connection:
         page = await crud.list_users(connection=connection, query=query, order=order, after=after)
     next_cursor = None
     headers = {}

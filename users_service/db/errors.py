@@ -45,7 +45,8 @@ def is_missing_table(error: BaseException) -> bool:
 
 
 # What each database says when it cancels a statement that ran past the
-# limit: PostgreSQL's query_canceled, MariaDB's and MySQL's error numbers.
+# limit: PostgreSQL's query_canceled, MariaDB's and MySQL's error numbers
+# (and SQLite's interrupt, below).
 _STATEMENT_TIMEOUT_SQLSTATES = frozenset({"57014"})
 _STATEMENT_TIMEOUT_ERRNOS = frozenset({1969, 3024})
 
@@ -56,6 +57,8 @@ def is_statement_timeout(error: BaseException) -> bool:
     original = error.orig if isinstance(error, exc.DBAPIError) else error
     if getattr(original, "sqlstate", None) in _STATEMENT_TIMEOUT_SQLSTATES:
         return True
+    if getattr(original, "sqlite_errorname", None) == "SQLITE_INTERRUPT":
+        return True  # our progress handler's deadline (db/sqlite.py)
     args: tuple[object, ...] = getattr(original, "args", ())
     return bool(args) and args[0] in _STATEMENT_TIMEOUT_ERRNOS
 

@@ -28,67 +28,63 @@ _UNAVAILABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
 
 
 class MySQLDatabase(PooledDatabase):
-    async def close(self) -> None:
-        while self._idle:
-            await anyio.to_thread.run_sync(self._idle.pop().close)
-        await super().close()
+    async def _close(self, fairy: Any) -> None:
+        await anyio.to_thread.run_sync(fairy.close)
 
     def _new_connection(self) -> Any:
         fairy = self.engine.raw_connection()
         fairy.detach()
-        return fairy
+        return self._born(fairy)
 
-    def _checked(self, fairy: Any) -> bool:
+    def _answers(self, fairy: Any) -> bool:
         """Whether an idle connection still answers (one round trip)."""
         try:
             fairy.dbapi_connection.ping(reconnect=False)
             return True
         except Exception:
-            fairy.close()
             return False
 
     async def _acquire(self) -> Any:
-        slots = await self._take_slot()
         try:
-            while self._idle:
-                fairy = self._idle.pop()
-                if await anyio.to_thread.run_sync(self._checked, fairy):
+            while (fairy := await self._reuse()) is not None:
+                if await anyio.to_thread.run_sync(self._answers, fairy):
                     return fairy
+                await self._retire(fairy)
             return await anyio.to_thread.run_sync(self._new_connection)
-        except BaseException as error:
-            slots.release()
-            if isinstance(error, Exception):
-                raise unavailable(error) from error
-            raise
+        except Exception as error:
+            raise unavailable(error) from error
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[ThreadedConnection]:
+    async def _connection(self, *, write: bool) -> AsyncIterator[Connection]:
         fairy = await self._acquire()
         connection = ThreadedConnection(
             fairy.dbapi_connection, self.dialect, pymysql.err.IntegrityError, _UNAVAILABLE
         )
         try:
             yield connection
+            if write:
+                try:
+                    await anyio.to_thread.run_sync(connection.raw.commit)
+                except _UNAVAILABLE as error:
+                    connection.failed = True
+                    raise unavailable(error) from error
         finally:
             with anyio.CancelScope(shield=True):
                 await self._release(fairy, connection)
 
     async def _release(self, fairy: Any, connection: ThreadedConnection) -> None:
-        assert self._slots is not None
         try:
             if connection.abandoned:
                 # Its thread still waits on the server: end the server side,
                 # and leave the connection to that thread.
                 await self._kill(fairy.dbapi_connection.thread_id())
             elif connection.failed:
-                await anyio.to_thread.run_sync(fairy.close)
+                await self._retire(fairy)
             else:
                 await anyio.to_thread.run_sync(connection.raw.rollback)
-                self._idle.append(fairy)
+                await self._keep(fairy)
         except Exception:
             logger.warning("could not release a database connection", exc_info=True)
-        finally:
-            self._slots.release()
 
     async def _kill(self, thread_id: int) -> None:
         """End a server connection whose statement was abandoned (its request
@@ -105,18 +101,3 @@ class MySQLDatabase(PooledDatabase):
                 killer.close()
 
         await anyio.to_thread.run_sync(kill)
-
-    @asynccontextmanager
-    async def read(self, *, heavy: bool = False) -> AsyncIterator[Connection]:
-        async with self._connection() as connection:
-            yield connection
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Connection]:
-        async with self._connection() as connection:
-            yield connection
-            try:
-                await anyio.to_thread.run_sync(connection.raw.commit)
-            except _UNAVAILABLE as error:
-                connection.failed = True
-                raise unavailable(error) from error

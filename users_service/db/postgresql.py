@@ -10,7 +10,7 @@ from __future__ import annotations
 import select
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from sqlalchemy import Engine
@@ -80,54 +80,41 @@ class PostgresDatabase(PooledDatabase):
             hide_password=False
         )
 
-    async def close(self) -> None:
-        while self._idle:
-            await self._idle.pop().close()
-        await super().close()
+    async def _close(self, raw: psycopg.AsyncConnection[Any]) -> None:
+        await raw.close()
 
     async def _acquire(self) -> psycopg.AsyncConnection[Any]:
-        slots = await self._take_slot()
-        while self._idle:
-            raw: psycopg.AsyncConnection[Any] = self._idle.pop()
-            if _still_open(raw):
-                return raw
-            await raw.close()
+        while (idle := await self._reuse()) is not None:
+            if _still_open(idle):
+                return cast(psycopg.AsyncConnection[Any], idle)
+            await self._retire(idle)
         try:
-            return await psycopg.AsyncConnection.connect(
+            raw = await psycopg.AsyncConnection.connect(
                 self._conninfo, autocommit=True, **self._connect_args
             )
         except psycopg.Error as error:
-            slots.release()
             raise unavailable(error) from error
+        return self._born(raw)
 
     async def _release(self, raw: psycopg.AsyncConnection[Any], failed: bool) -> None:
-        assert self._slots is not None
-        try:
-            idle = raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            if failed or raw.closed or not idle:
-                # A connection that failed says the server went away or
-                # restarted: the idle ones are likely dead too.
-                for dead in [raw, *self._idle] if failed else [raw]:
-                    await dead.close()
-                if failed:
-                    self._idle.clear()
-            else:
-                self._idle.append(raw)
-        finally:
-            self._slots.release()
+        idle = raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if failed:
+            # A connection that failed says the server went away or
+            # restarted: the idle ones are likely dead too.
+            await self._retire(raw, *(kept for kept, _ in self._idle))
+            self._idle.clear()
+        elif raw.closed or not idle:
+            await self._retire(raw)
+        else:
+            await self._keep(raw)
 
     @asynccontextmanager
-    async def read(self, *, heavy: bool = False) -> AsyncIterator[Connection]:
+    async def _connection(self, *, write: bool) -> AsyncIterator[Connection]:
         connection = _PostgresConnection(await self._acquire(), self.dialect)
         try:
-            yield connection
-        finally:
-            await self._release(connection.raw, connection.failed)
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Connection]:
-        connection = _PostgresConnection(await self._acquire(), self.dialect)
-        try:
+            if not write:
+                yield connection
+                return
             try:
                 async with connection.raw.transaction():
                     yield connection

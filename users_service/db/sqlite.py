@@ -2,11 +2,14 @@
 
 Reads run on the event loop, on one connection: a lookup by key costs tens
 of microseconds, less than a hop to a thread. Reads that may scan
-(`heavy=True`) run on a worker thread instead. Writes run on one writer
-connection and are group-committed: each write transaction is a savepoint
-inside a transaction that commits (one fsync, on a worker thread) once the
-writes waiting have run; writes that arrive meanwhile share the next commit.
-A write is acknowledged only after its commit.
+(`heavy=True`) run on worker threads instead, DB_HEAVY_READS at most at
+once, each interrupted after DB_STATEMENT_TIMEOUT_MS (SQLite has no
+statement timeout of its own: a progress handler checks the clock). Writes
+run on one writer connection and are group-committed: each write transaction
+is a savepoint inside a transaction that commits (one fsync, on a thread of
+its own, so that it never waits behind readers' threads) once the writes
+waiting have run; writes that arrive meanwhile share the next commit. A
+write is acknowledged only after its commit.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,6 +32,20 @@ from users_service.db.threaded import ThreadedConnection, release_threaded
 from users_service.settings import Settings
 
 _UNAVAILABLE = (sqlite3.OperationalError,)
+# How often (in SQLite virtual machine steps) a statement checks the clock:
+# about every 0.1 ms of work here, a check costing under a microsecond.
+_PROGRESS_STEPS = 1000
+
+
+def _deadline(seconds: float) -> Callable[[], int]:
+    """A progress handler that interrupts the statement once `seconds` passed
+    (SQLite then raises "interrupted": a StatementTimeout, see db/errors.py)."""
+    deadline = time.monotonic() + seconds
+
+    def past_deadline() -> int:
+        return time.monotonic() > deadline
+
+    return past_deadline
 
 
 class _SQLiteConnection:
@@ -64,6 +81,10 @@ class SQLiteDatabase(Database):
         # sqlite3 takes named parameters as well as "?": a dict per call.
         self.dialect = type(engine.dialect)(paramstyle="named")  # type: ignore[call-arg]
         self._busy_timeout = settings.sqlite_busy_timeout_ms / 1000
+        self._statement_timeout = settings.db_statement_timeout_ms / 1000
+        # Threads: the heavy reads', and the commit's own (created in start()).
+        self._heavy_threads: anyio.CapacityLimiter | None = None
+        self._commit_thread: anyio.CapacityLimiter | None = None
         self._fairies: list[Any] = []
         self._reader: _SQLiteConnection | None = None
         self._writer: _SQLiteConnection | None = None
@@ -79,6 +100,9 @@ class SQLiteDatabase(Database):
         return _SQLiteConnection(raw, self.dialect)
 
     async def start(self) -> None:
+        await super().start()
+        self._heavy_threads = anyio.CapacityLimiter(self._heavy_reads)
+        self._commit_thread = anyio.CapacityLimiter(1)
         self._reader = self._connection()
         self._writer = self._connection()
         # The writer waits for other processes' write locks without
@@ -98,16 +122,23 @@ class SQLiteDatabase(Database):
             assert self._reader is not None, "Database.start() was not called"
             yield self._reader
             return
-        fairy = await anyio.to_thread.run_sync(self.engine.raw_connection)
-        connection = ThreadedConnection(
-            fairy.driver_connection, self.dialect, sqlite3.IntegrityError, _UNAVAILABLE
-        )
-        try:
-            yield connection
-        finally:
-            if connection.abandoned:
-                connection.raw.interrupt()
-            await release_threaded(fairy, connection)
+        async with self._turns(self._heavy_turn(heavy)):
+            threads = self._heavy_threads
+            fairy = await anyio.to_thread.run_sync(self.engine.raw_connection, limiter=threads)
+            raw: sqlite3.Connection = fairy.driver_connection  # type: ignore[assignment]
+            connection = ThreadedConnection(
+                raw, self.dialect, sqlite3.IntegrityError, _UNAVAILABLE, limiter=threads
+            )
+            if self._statement_timeout:
+                raw.set_progress_handler(_deadline(self._statement_timeout), _PROGRESS_STEPS)
+            try:
+                yield connection
+            finally:
+                if connection.abandoned:
+                    raw.interrupt()
+                else:
+                    raw.set_progress_handler(None, 0)
+                await release_threaded(fairy, connection)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -151,7 +182,7 @@ class SQLiteDatabase(Database):
             batch, self._batch = self._batch, None
             assert batch is not None
             try:
-                await anyio.to_thread.run_sync(raw.execute, "COMMIT")
+                await anyio.to_thread.run_sync(raw.execute, "COMMIT", limiter=self._commit_thread)
             except sqlite3.Error as error:
                 if raw.in_transaction:
                     raw.execute("ROLLBACK")

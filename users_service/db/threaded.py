@@ -23,8 +23,11 @@ class ThreadedConnection:
         dialect: Dialect,
         integrity: type[Exception],
         unavailable: tuple[type[Exception], ...],
+        *,
+        limiter: anyio.CapacityLimiter | None = None,
     ) -> None:
         self.raw = raw
+        self.limiter = limiter  # of the threads it may use (None: anyio's default)
         self.dialect = dialect
         self.abandoned = False
         self._integrity = integrity
@@ -49,7 +52,12 @@ class ThreadedConnection:
         try:
             with translated(self, self._integrity, self._unavailable):
                 return await anyio.to_thread.run_sync(
-                    self._call, statement, values, many, abandon_on_cancel=True
+                    self._call,
+                    statement,
+                    values,
+                    many,
+                    abandon_on_cancel=True,
+                    limiter=self.limiter,
                 )
         except anyio.get_cancelled_exc_class():
             # The request was cancelled (a shutdown's grace ran out) with the

@@ -183,6 +183,10 @@ class InternalError(UsersServiceError):
     """500 `internal_error`: the service failed; `request_id` finds it in its logs."""
 
 
+class RateLimited(UsersServiceError):
+    """429 `rate_limited`: this caller sent too much at once; retried after Retry-After."""
+
+
 class ServiceUnavailable(UsersServiceError):
     """503 `service_unavailable`: the database is unreachable or busy; retry later."""
 
@@ -202,6 +206,7 @@ ERRORS_BY_CODE: dict[str, type[UsersServiceError]] = {
     ErrorCode.IDEMPOTENCY_KEY_REUSED: IdempotencyKeyReused,
     ErrorCode.INTERNAL_ERROR: InternalError,
     ErrorCode.SERVICE_UNAVAILABLE: ServiceUnavailable,
+    ErrorCode.RATE_LIMITED: RateLimited,
 }
 """The exception for each code the service documents (a test checks that
 every code in openapi.json has one)."""
@@ -215,6 +220,7 @@ ERRORS_BY_STATUS: dict[int, type[UsersServiceError]] = {
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     422: ValidationFailed,
+    429: RateLimited,
     500: InternalError,
     503: ServiceUnavailable,
 }
@@ -517,6 +523,9 @@ class Attempts:
 
     def delay_after_answer(self, response: httpx.Response) -> float | None:
         """Seconds to wait before the next attempt after `response`, or None to keep it."""
+        if response.status_code == 429:
+            # Refused before it ran: safe to repeat, whatever the call.
+            return self._next_delay(retry_after_seconds(response), "429")
         if not self.call.idempotent:
             return None
         if response.status_code == 503 and self.call.retry_unavailable:

@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     SERVICE_UNAVAILABLE = "service_unavailable"
     INTERNAL_ERROR = "internal_error"
+    RATE_LIMITED = "rate_limited"
 
 
 class ErrorDetail(BaseModel):
@@ -46,6 +47,7 @@ class ProblemDetails(BaseModel):
     code: ErrorCode
     request_id: str
     errors: list[ErrorDetail] | None = None
+    error_count: int | None = None
 
 
 class UserPublic(BaseModel):
