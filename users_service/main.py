@@ -14,6 +14,7 @@ from users_service.api import docs, health, users
 from users_service.api.auth import ApiKeyMiddleware
 from users_service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from users_service.api.problems import install_error_handlers
+from users_service.api.routing import head_routes
 from users_service.db.database import Database, create_database
 from users_service.db.engine import configure_threadpool, create_db_engine
 from users_service.db.schema import migration_revisions
@@ -95,4 +96,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, access_log=access_log)
     docs.install_docs(app)
     docs.complete_document(app)
+    app.router.routes.extend(head_routes(app.router.routes))
     return app
