@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
-            proxy_headers=True,
-            forwarded_allow_ips=settings.forwarded_allow_ips,
+            # The app reads X-Forwarded-For itself (main.py), peer logged.
+            proxy_headers=False,
             timeout_graceful_shutdown=settings.shutdown_grace_seconds,
             # The app logs (users_service.logs): one line per request, its own.
             log_config=None,

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from users_service import __version__
 from users_service.api import docs, health, users
@@ -90,9 +91,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.schema_heads, app.state.schema_revisions = migration_revisions()
 
     install_error_handlers(app)
-    # Outermost last: request ids, then API keys, then the body limit.
+    # Outermost last: request ids and the access log, then the client behind
+    # a trusted proxy (here, not in uvicorn, so that the log also knows the
+    # peer), then API keys, then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list)
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     app.add_middleware(RequestContextMiddleware, access_log=access_log)
     docs.install_docs(app)
     docs.complete_document(app)
