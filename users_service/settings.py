@@ -57,6 +57,10 @@ DEVELOPMENT_CURSOR_SECRET = "development-only-cursor-secret"  # noqa: S105 - ref
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
+# The shortest API key ENVIRONMENT=production accepts: 16 characters of a
+# random URL-safe key are 96 bits (`secrets.token_urlsafe(32)` gives 43).
+MIN_PRODUCTION_KEY_LENGTH = 16
+
 
 _CALLER = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 
@@ -68,8 +72,11 @@ class ApiKey:
     can_write: bool
 
 
-def parse_api_keys(setting: str, *, can_write: bool, name: str) -> list[ApiKey]:
-    """`caller:key,caller:key` → keys; a malformed entry raises ValueError naming `name`."""
+def parse_api_keys(
+    setting: str, *, can_write: bool, name: str, min_length: int = 1
+) -> list[ApiKey]:
+    """`caller:key,caller:key` → keys; a malformed entry, or a key shorter than
+    `min_length`, raises ValueError naming `name` and the caller, never the key."""
     keys = []
     for number, entry in enumerate(filter(None, (e.strip() for e in setting.split(","))), 1):
         caller, separator, secret = entry.partition(":")
@@ -77,6 +84,12 @@ def parse_api_keys(setting: str, *, can_write: bool, name: str) -> list[ApiKey]:
             raise ValueError(
                 f"{name}: entry {number} must be caller:key, the caller 1-100 letters, "
                 "digits, '_', '.' or '-'"
+            )
+        if len(secret) < min_length:
+            raise ValueError(
+                f"{name}: the key of caller {caller!r} is shorter than {min_length} "
+                "characters, the least ENVIRONMENT=production accepts (make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
             )
         keys.append(ApiKey(caller, key_digest(secret), can_write))
     return keys
@@ -156,11 +169,22 @@ class Settings(BaseSettings):
 
     @cached_property
     def api_key_list(self) -> list[ApiKey]:
-        """API_KEYS and API_READ_KEYS, parsed (a malformed entry is refused by name)."""
+        """API_KEYS and API_READ_KEYS, parsed (a malformed entry is refused by
+        name, and so is a short key in production)."""
+        production = self.environment is Environment.production
+        min_length = MIN_PRODUCTION_KEY_LENGTH if production else 1
         return [
-            *parse_api_keys(self.api_keys.get_secret_value(), can_write=True, name="API_KEYS"),
             *parse_api_keys(
-                self.api_read_keys.get_secret_value(), can_write=False, name="API_READ_KEYS"
+                self.api_keys.get_secret_value(),
+                can_write=True,
+                name="API_KEYS",
+                min_length=min_length,
+            ),
+            *parse_api_keys(
+                self.api_read_keys.get_secret_value(),
+                can_write=False,
+                name="API_READ_KEYS",
+                min_length=min_length,
             ),
         ]
 
@@ -172,12 +196,27 @@ class Settings(BaseSettings):
 
     @cached_property
     def sqlalchemy_url(self) -> URL:
-        """DATABASE_URL with the project's default driver filled in."""
+        """DATABASE_URL with the project's default driver filled in.
+
+        No message here quotes the URL or the parser's own words: with an
+        unencoded character in the password, they would show part of it.
+        """
         try:
             url = make_url(self.database_url)
-        except (ArgumentError, ValueError) as exc:
-            raise ValueError(f"DATABASE_URL is not a database URL: {exc}") from None
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "DATABASE_URL is not a database URL of the form "
+                "dialect://user:password@host:port/database (percent-encode the user "
+                "name's and password's special characters: %40 for '@')"
+            ) from None
         family = url.drivername.split("+", 1)[0]
+        if family != "sqlite" and self.database_url.count("@") > 1:
+            # `user:p@ss@host` parses as host `ss@host`: part of the password
+            # would turn up in every "could not connect" message.
+            raise ValueError(
+                "DATABASE_URL has more than one '@': write an '@' in the user name "
+                "or password as %40"
+            )
         if family not in DEFAULT_DRIVERS:
             raise ValueError(
                 f"DATABASE_URL names an unsupported database {family!r}; "

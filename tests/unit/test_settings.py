@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from users_service.settings import (
+    MIN_PRODUCTION_KEY_LENGTH,
     Environment,
     LogLevel,
     Settings,
@@ -206,3 +208,63 @@ def test_database_url_refusal_does_not_echo_the_password(
         load_settings()
 
     assert "hunter2secret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("variable", ["API_KEYS", "API_READ_KEYS"])
+def test_production_refuses_a_short_key_naming_the_setting_and_caller_not_the_key(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv("CURSOR_SECRET", "a-private-value")
+    monkeypatch.setenv(variable, f"billing:{'k' * 20},w:{'s' * (MIN_PRODUCTION_KEY_LENGTH - 1)}")
+
+    with pytest.raises(SettingsError) as refused:
+        load_settings(environment="production")
+
+    message = str(refused.value)
+    assert re.search(rf"(?<![A-Z_]){variable}\b", message)
+    assert "'w'" in message and str(MIN_PRODUCTION_KEY_LENGTH) in message
+    assert "sss" not in message and "billing" not in message
+
+
+def test_short_keys_are_refused_only_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEYS", "w:1")
+    monkeypatch.setenv("CURSOR_SECRET", "a-private-value")
+
+    assert [key.caller for key in load_settings(environment="test").api_key_list] == ["w"]
+    monkeypatch.setenv("API_KEYS", f"w:{'1' * MIN_PRODUCTION_KEY_LENGTH}")
+    assert [key.caller for key in load_settings(environment="production").api_key_list] == ["w"]
+
+
+PASSWORD = "hunter2@tail"  # what must never be shown
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    [
+        "postgresql://u:hunter2@tail@db.example:5432/users",  # host "tail@db.example"
+        "postgresql://u:hunter2@tail@db.example/users",
+        "postgresql://u:hunter2@tail:9@db.example/users",  # port "9@db.example"
+        "postgresql://u:hunter2@tail/x@db.example/users",  # database "x@db.example/users"
+        "postgresql://u:hunter2@tail?x@db.example/users",  # host "tail", a query
+        "mariadb://u:hunter2@tail@db.example:3306/users",
+        "postgresql://u:hunter2@tail@[::1]/users",
+    ],
+)
+def test_an_unencoded_at_in_the_password_is_refused_without_showing_any_of_it(
+    database_url: str,
+) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(database_url=database_url)
+
+    message = str(refused.value)
+    assert "DATABASE_URL" in message and "%40" in message
+    assert "hunter" not in message and "tail" not in message
+
+
+def test_an_encoded_at_in_the_password_is_the_password() -> None:
+    url = load_settings(
+        database_url="postgresql://u:hunter2%40tail@db.example/users"
+    ).sqlalchemy_url
+
+    assert (url.password, url.host, url.database) == (PASSWORD, "db.example", "users")
+    assert PASSWORD not in repr(url) and "hunter2" not in str(url)
