@@ -148,6 +148,15 @@ class Settings(BaseSettings):
     # Largest request body accepted, declared or streamed (413 beyond).
     max_body_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 1024 * 1024
 
+    # The connections `serve` accepts (api/connections.py). A request's head
+    # (request line and header fields) larger than MAX_HEADER_BYTES is
+    # answered 431; one not complete HEADERS_TIMEOUT_SECONDS after its first
+    # byte, 408; a connection with no request under way is closed after
+    # KEEP_ALIVE_TIMEOUT_SECONDS, counted from the moment it opens too.
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024**2)] = 16 * 1024
+    headers_timeout_seconds: Annotated[int, Field(ge=1, le=300)] = 10
+    keep_alive_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 5
+
     # On SIGTERM: how long requests in flight may run on before the process
     # exits without them (see users_service.__main__).
     shutdown_grace_seconds: Annotated[int, Field(ge=1, le=3600)] = 30

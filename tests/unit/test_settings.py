@@ -268,3 +268,30 @@ def test_an_encoded_at_in_the_password_is_the_password() -> None:
 
     assert (url.password, url.host, url.database) == (PASSWORD, "db.example", "users")
     assert PASSWORD not in repr(url) and "hunter2" not in str(url)
+
+
+def test_connection_limits_default_to_16_kib_10_s_and_5_s() -> None:
+    settings = load_settings()
+
+    assert settings.max_header_bytes == 16 * 1024
+    assert settings.headers_timeout_seconds == 10
+    assert settings.keep_alive_timeout_seconds == 5
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MAX_HEADER_BYTES", "1023"),
+        ("MAX_HEADER_BYTES", "16k"),
+        ("HEADERS_TIMEOUT_SECONDS", "0"),
+        ("KEEP_ALIVE_TIMEOUT_SECONDS", "0"),
+        ("KEEP_ALIVE_TIMEOUT_SECONDS", "never"),
+    ],
+)
+def test_connection_limits_out_of_range_are_refused_naming_them(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(SettingsError, match=rf"(?<![A-Z_]){variable}\b"):
+        load_settings()
