@@ -111,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("import", "export"):
         return _transfer(args, settings)
 
+    from functools import partial
+
     import uvicorn
 
+    from users_service.api.connections import BoundedHttpToolsProtocol, ConnectionLimits
     from users_service.logs import configure_logging
 
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to
@@ -128,8 +131,17 @@ def main(argv: list[str] | None = None) -> int:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
-            proxy_headers=True,
-            forwarded_allow_ips=settings.forwarded_allow_ips,
+            # httptools, with bounded request heads and timeouts (named, so
+            # that h11 is never used instead); uvicorn makes one per
+            # connection by calling this as it would the class.
+            http=partial(  # type: ignore[arg-type]
+                BoundedHttpToolsProtocol, limits=ConnectionLimits.for_settings(settings)
+            ),
+            timeout_keep_alive=settings.keep_alive_timeout_seconds,
+            # No route takes a WebSocket: an Upgrade is not handed to one.
+            ws="none",
+            # The app reads X-Forwarded-For itself (main.py), peer logged.
+            proxy_headers=False,
             timeout_graceful_shutdown=settings.shutdown_grace_seconds,
             # The app logs (users_service.logs): one line per request, its own.
             log_config=None,

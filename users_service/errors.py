@@ -27,6 +27,8 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     SERVICE_UNAVAILABLE = "service_unavailable"
     INTERNAL_ERROR = "internal_error"
@@ -121,6 +123,20 @@ class Forbidden(ServiceError):
 class PayloadTooLarge(ServiceError):
     code = ErrorCode.PAYLOAD_TOO_LARGE
     message = "The request body is too large"
+
+
+class HeadersTooLarge(ServiceError):
+    """Answered by the connection itself (api/connections.py), before any route."""
+
+    code = ErrorCode.HEADERS_TOO_LARGE
+    message = "The request's header section is too large"
+
+
+class RequestTimeout(ServiceError):
+    """Answered by the connection itself (api/connections.py), before any route."""
+
+    code = ErrorCode.REQUEST_TIMEOUT
+    message = "The request's header section did not arrive in time"
 
 
 class UnsupportedMediaType(ServiceError):

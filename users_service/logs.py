@@ -2,10 +2,19 @@
 
 Each request is logged once, when it is answered, by the request middleware
 (middleware.py): request id, caller, method, route template, status,
-duration, and the user id when the path names one. Never the query string
-(it may hold an email filter), a body, or a header: no API key and no email
-address reaches the log. Errors log their traceback here, server-side only,
-with the request id; an email address in a message or traceback is masked.
+duration, the peer's address (and the X-Forwarded-For it sent, when it is a
+trusted proxy), and the user id when the path names one. Never the query
+string (it may hold an email filter), a body, or another header: no API key
+and no email address reaches the log. Errors log their traceback here,
+server-side only, with the request id; an email address in a message or
+traceback is masked.
+
+What a caller sent can never forge a line: JSON lines are JSON (orjson
+escapes every control character); in text lines a message has its
+non-printable characters escaped (`\n`, `\x1b`, ...), a field's value is
+quoted and escaped unless it is plain (`user_id="x y\n"`), and the lines
+that follow a record's first (its traceback) are indented. So a line that
+does not start with a space is a record, and a record is what it says.
 
 Lines are buffered and written in batches (at most FLUSH_SECONDS late, and
 at once for a warning or worse): a write per request would cost as much as
@@ -37,6 +46,27 @@ def mask_emails(text: str) -> str:
     return _EMAIL.sub("<email>", text) if "@" in text else text
 
 
+def escape_unprintable(text: str) -> str:
+    """`text` with every character Python does not call printable (line
+    breaks, ESC, U+2028, ...) escaped as `repr` escapes it: one line."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+# A field value written as it is: printable ASCII but space, '"', '=' and '\\'.
+_PLAIN_VALUE = re.compile(r"[!#-<>-\[\]-~]+")
+
+
+def text_value(value: str) -> str:
+    """A field's value for a text line: as it is when plain, else quoted with
+    `\\` and `"` escaped and unprintable characters escaped (as logfmt)."""
+    if _PLAIN_VALUE.fullmatch(value):
+        return value
+    quoted = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escape_unprintable(quoted)}"'
+
+
 class JSONFormatter(logging.Formatter):
     """One JSON object per line."""
 
@@ -63,22 +93,24 @@ def utc_timestamp(created: float) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """`time level logger message request_id=...`, for people."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return utc_timestamp(record.created)
+    """`time level logger message request_id=...`, for people: the message
+    on one line (escaped), a traceback on the indented lines below it."""
 
     def format(self, record: logging.LogRecord) -> str:
-        record.msg, record.args = mask_emails(record.getMessage()), None
-        text = super().format(record)
+        message = escape_unprintable(mask_emails(record.getMessage()).rstrip())
+        line = f"{utc_timestamp(record.created)} {record.levelname} {record.name} {message}"
         request_id = getattr(record, "request_id", None)
-        if request_id and "request_id=" not in text:
-            head, _, tail = text.partition("\n")
-            text = f"{head} request_id={request_id}" + (f"\n{tail}" if tail else "")
-        return mask_emails(text) if record.exc_info else text
+        if request_id and "request_id=" not in message:
+            line = f"{line} request_id={request_id}"
+        details = []
+        if record.exc_info:
+            details.append(self.formatException(record.exc_info))
+        if record.stack_info:
+            details.append(self.formatStack(record.stack_info))
+        for detail in details:
+            for detail_line in mask_emails(detail).splitlines():
+                line += "\n    " + escape_unprintable(detail_line)
+        return line
 
 
 def stamp_request_id(record: logging.LogRecord) -> bool:
@@ -143,8 +175,14 @@ class AccessLog:
         route: str,
         status: int,
         duration_ms: float,
+        peer: str,
+        forwarded_for: str | None,
         user_id: str | None,
     ) -> None:
+        """One request's line. `request_id` (checked by request_id_from),
+        `caller` (from the settings), `method` (checked by the HTTP parser),
+        `route` (a template) and `peer` (an address) are written as they are;
+        `forwarded_for` and `user_id`, as the caller sent them, are escaped."""
         if self._json:
             line: dict[str, Any] = {
                 "time": self._time(),
@@ -157,16 +195,23 @@ class AccessLog:
                 "route": route,
                 "status": status,
                 "duration_ms": duration_ms,
+                "peer": peer,
             }
+            if forwarded_for is not None:
+                line["forwarded_for"] = forwarded_for
             if user_id is not None:
                 line["user_id"] = user_id
             self._lines.append(orjson.dumps(line).decode())
         else:
             text = (
                 f"{self._time()} INFO {ACCESS_LOGGER} {method} {route} {status} "
-                f"request_id={request_id} caller={caller} duration_ms={duration_ms}"
+                f"request_id={request_id} caller={caller} duration_ms={duration_ms} peer={peer}"
             )
-            self._lines.append(text if user_id is None else f"{text} user_id={user_id}")
+            if forwarded_for is not None:
+                text = f"{text} forwarded_for={text_value(forwarded_for)}"
+            if user_id is not None:
+                text = f"{text} user_id={text_value(user_id)}"
+            self._lines.append(text)
         if len(self._lines) >= BUFFERED_RECORDS:
             self.flush()
 

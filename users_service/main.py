@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from users_service import __version__
 from users_service.api import docs, health, users
@@ -18,6 +19,7 @@ from users_service.api.middleware import (
     RequestContextMiddleware,
 )
 from users_service.api.problems import install_error_handlers
+from users_service.api.routing import head_routes
 from users_service.db.database import Database, create_database
 from users_service.db.engine import configure_threadpool, create_db_engine
 from users_service.db.schema import migration_revisions
@@ -94,14 +96,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.schema_heads, app.state.schema_revisions = migration_revisions()
 
     install_error_handlers(app)
-    # Outermost last: request ids, then API keys, then each caller's
-    # requests in flight, then the body limit.
+    # Outermost last: request ids and the access log, then the client behind
+    # a trusted proxy (here, not in uvicorn, so that the log also knows the
+    # peer), then API keys, then each caller's requests in flight, then the
+    # body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         CallerConcurrencyMiddleware, limit=settings.max_requests_in_flight_per_caller
     )
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list)
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     app.add_middleware(RequestContextMiddleware, access_log=access_log)
     docs.install_docs(app)
     docs.complete_document(app)
+    app.router.routes.extend(head_routes(app.router.routes))
     return app

@@ -5,6 +5,8 @@
   template (`/users/{user_id}`), counted by the request middleware.
 - `users_created_total`, `users_updated_total`, `users_deleted_total`.
 - `db_pool_connections{state="in_use"|"idle"}`: sampled every second.
+- `http_connections_refused_total{reason}`: 431s and 408s written by the
+  connection itself (api/connections.py), which no request line counts.
 
 Several workers (uvicorn --workers N): set PROMETHEUS_MULTIPROC_DIR to an
 empty directory that only this service uses (wiped before each start); each
@@ -38,6 +40,12 @@ DURATION = Histogram(
 USERS_CREATED = Counter("users_created_total", "Users created (POST /users and /users/batch).")
 USERS_UPDATED = Counter("users_updated_total", "Successful PUT and PATCH of a user.")
 USERS_DELETED = Counter("users_deleted_total", "Users deleted.")
+CONNECTIONS_REFUSED = Counter(
+    "http_connections_refused_total",
+    "Connections answered and closed before a request reached the app, by reason: "
+    "headers_too_large (431) or headers_timeout (408).",
+    ["reason"],
+)
 POOL = Gauge(
     "db_pool_connections",
     "Database connections of the pool, by state.",

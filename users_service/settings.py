@@ -12,9 +12,15 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -57,6 +63,10 @@ DEVELOPMENT_CURSOR_SECRET = "development-only-cursor-secret"  # noqa: S105 - ref
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
+# The shortest API key ENVIRONMENT=production accepts: 16 characters of a
+# random URL-safe key are 96 bits (`secrets.token_urlsafe(32)` gives 43).
+MIN_PRODUCTION_KEY_LENGTH = 16
+
 
 _CALLER = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 
@@ -68,8 +78,11 @@ class ApiKey:
     can_write: bool
 
 
-def parse_api_keys(setting: str, *, can_write: bool, name: str) -> list[ApiKey]:
-    """`caller:key,caller:key` → keys; a malformed entry raises ValueError naming `name`."""
+def parse_api_keys(
+    setting: str, *, can_write: bool, name: str, min_length: int = 1
+) -> list[ApiKey]:
+    """`caller:key,caller:key` → keys; a malformed entry, or a key shorter than
+    `min_length`, raises ValueError naming `name` and the caller, never the key."""
     keys = []
     for number, entry in enumerate(filter(None, (e.strip() for e in setting.split(","))), 1):
         caller, separator, secret = entry.partition(":")
@@ -77,6 +90,12 @@ def parse_api_keys(setting: str, *, can_write: bool, name: str) -> list[ApiKey]:
             raise ValueError(
                 f"{name}: entry {number} must be caller:key, the caller 1-100 letters, "
                 "digits, '_', '.' or '-'"
+            )
+        if len(secret) < min_length:
+            raise ValueError(
+                f"{name}: the key of caller {caller!r} is shorter than {min_length} "
+                "characters, the least ENVIRONMENT=production accepts (make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
             )
         keys.append(ApiKey(caller, key_digest(secret), can_write))
     return keys
@@ -152,61 +171,64 @@ class Settings(BaseSettings):
     # Largest request body accepted, declared or streamed (413 beyond).
     max_body_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 1024 * 1024
 
+    # The connections `serve` accepts (api/connections.py). A request's head
+    # (request line and header fields) larger than MAX_HEADER_BYTES is
+    # answered 431; one not complete HEADERS_TIMEOUT_SECONDS after its first
+    # byte, 408; a connection with no request under way is closed after
+    # KEEP_ALIVE_TIMEOUT_SECONDS, counted from the moment it opens too.
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024**2)] = 16 * 1024
+    headers_timeout_seconds: Annotated[int, Field(ge=1, le=300)] = 10
+    keep_alive_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 5
+
     # On SIGTERM: how long requests in flight may run on before the process
     # exits without them (see users_service.__main__).
     shutdown_grace_seconds: Annotated[int, Field(ge=1, le=3600)] = 30
 
-    @model_validator(mode="after")
-    def _check_production(self) -> Self:
-        public_secret = self.cursor_secret.get_secret_value() == DEVELOPMENT_CURSOR_SECRET
-        keys_set = bool(self.api_keys.get_secret_value() or self.api_read_keys.get_secret_value())
-        if public_secret and (self.environment is not Environment.development or keys_set):
-            # The built-in secret is public: anyone could sign a cursor with it.
-            raise ValueError(
-                "CURSOR_SECRET must be set to a private value when ENVIRONMENT is not "
-                "development or API keys are set: the built-in one is public"
-            )
-        if self.environment is Environment.production and not keys_set:
-            raise ValueError(
-                "API_KEYS or API_READ_KEYS must be set when ENVIRONMENT=production: "
-                "the service will not serve users to anyone who asks"
-            )
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _name_every_problem(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        """A start-up refusal names every missing or invalid setting at once,
+        not one per restart: the values that do not parse, and the settings
+        that do not fit together."""
+        problems: list[str] = []
+        try:
+            settings: Self | None = handler(data)
+        except ValidationError as error:
+            settings = None
+            problems += [_described(detail) for detail in error.errors()]
+        raw = data if isinstance(data, dict) else {}
+
+        def value(name: str, default: str = "") -> str:
+            found = getattr(settings, name) if settings is not None else raw.get(name, default)
+            if isinstance(found, SecretStr):
+                return found.get_secret_value()
+            return str(found.value if isinstance(found, StrEnum) else found)
+
+        problems += deployment_problems(
+            environment=value("environment", Environment.development.value),
+            cursor_secret=value("cursor_secret", DEVELOPMENT_CURSOR_SECRET),
+            api_keys=value("api_keys"),
+            api_read_keys=value("api_read_keys"),
+            database_url=value("database_url", "sqlite:///./users.db"),
+        )
+        if problems:
+            raise ValueError("; ".join(dict.fromkeys(problems)))
+        assert settings is not None
+        return settings
 
     @cached_property
     def api_key_list(self) -> list[ApiKey]:
-        """API_KEYS and API_READ_KEYS, parsed (a malformed entry is refused by name)."""
-        return [
-            *parse_api_keys(self.api_keys.get_secret_value(), can_write=True, name="API_KEYS"),
-            *parse_api_keys(
-                self.api_read_keys.get_secret_value(), can_write=False, name="API_READ_KEYS"
-            ),
-        ]
-
-    @model_validator(mode="after")
-    def _check_parsed_settings(self) -> Self:
-        self.sqlalchemy_url  # noqa: B018 - parses the URL, raising a clear error
-        self.api_key_list  # noqa: B018 - parses the keys, raising a clear error
-        return self
+        """API_KEYS and API_READ_KEYS, parsed (checked at start-up)."""
+        return api_keys_of(
+            self.api_keys.get_secret_value(),
+            self.api_read_keys.get_secret_value(),
+            production=self.environment is Environment.production,
+        )
 
     @cached_property
     def sqlalchemy_url(self) -> URL:
         """DATABASE_URL with the project's default driver filled in."""
-        try:
-            url = make_url(self.database_url)
-        except (ArgumentError, ValueError) as exc:
-            raise ValueError(f"DATABASE_URL is not a database URL: {exc}") from None
-        family = url.drivername.split("+", 1)[0]
-        if family not in DEFAULT_DRIVERS:
-            raise ValueError(
-                f"DATABASE_URL names an unsupported database {family!r}; "
-                "use sqlite, postgresql, mysql or mariadb"
-            )
-        if "+" not in url.drivername:
-            url = url.set(drivername=DEFAULT_DRIVERS[family])
-        if family in ("mysql", "mariadb") and "charset" not in url.query:
-            url = url.update_query_dict({"charset": "utf8mb4"})
-        return url
+        return database_url_of(self.database_url)
 
     @property
     def effective_log_format(self) -> LogFormat:
@@ -219,6 +241,90 @@ class Settings(BaseSettings):
         return self.sqlalchemy_url.get_backend_name() == "sqlite"
 
 
+def api_keys_of(api_keys: str, api_read_keys: str, *, production: bool) -> list[ApiKey]:
+    """API_KEYS and API_READ_KEYS, parsed; a malformed entry is refused by
+    name, and so is a short key in production."""
+    min_length = MIN_PRODUCTION_KEY_LENGTH if production else 1
+    return [
+        *parse_api_keys(api_keys, can_write=True, name="API_KEYS", min_length=min_length),
+        *parse_api_keys(
+            api_read_keys, can_write=False, name="API_READ_KEYS", min_length=min_length
+        ),
+    ]
+
+
+def database_url_of(database_url: str) -> URL:
+    """DATABASE_URL with the project's default driver filled in.
+
+    No message here quotes the URL or the parser's own words: with an
+    unencoded character in the password, they would show part of it.
+    """
+    try:
+        url = make_url(database_url)
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            "DATABASE_URL is not a database URL of the form "
+            "dialect://user:password@host:port/database (percent-encode the user "
+            "name's and password's special characters: %40 for '@')"
+        ) from None
+    family = url.drivername.split("+", 1)[0]
+    if family != "sqlite" and database_url.count("@") > 1:
+        # `user:p@ss@host` parses as host `ss@host`: part of the password
+        # would turn up in every "could not connect" message.
+        raise ValueError(
+            "DATABASE_URL has more than one '@': write an '@' in the user name or password as %40"
+        )
+    if family not in DEFAULT_DRIVERS:
+        raise ValueError(
+            f"DATABASE_URL names an unsupported database {family!r}; "
+            "use sqlite, postgresql, mysql or mariadb"
+        )
+    if "+" not in url.drivername:
+        url = url.set(drivername=DEFAULT_DRIVERS[family])
+    if family in ("mysql", "mariadb") and "charset" not in url.query:
+        url = url.update_query_dict({"charset": "utf8mb4"})
+    return url
+
+
+def deployment_problems(
+    *, environment: str, cursor_secret: str, api_keys: str, api_read_keys: str, database_url: str
+) -> list[str]:
+    """What is wrong with these settings taken together (empty: nothing)."""
+    problems = []
+    for check in (
+        lambda: database_url_of(database_url),
+        lambda: api_keys_of(
+            api_keys, api_read_keys, production=environment == Environment.production.value
+        ),
+    ):
+        try:
+            check()
+        except ValueError as error:
+            problems.append(str(error))
+    keys_set = bool(api_keys or api_read_keys)
+    if cursor_secret == DEVELOPMENT_CURSOR_SECRET and (
+        environment != Environment.development.value or keys_set
+    ):
+        # The built-in secret is public: anyone could sign a cursor with it.
+        problems.append(
+            "CURSOR_SECRET must be set to a private value when ENVIRONMENT is not "
+            "development or API keys are set: the built-in one is public"
+        )
+    if environment == Environment.production.value and not keys_set:
+        problems.append(
+            "API_KEYS or API_READ_KEYS must be set when ENVIRONMENT=production: "
+            "the service will not serve users to anyone who asks"
+        )
+    return problems
+
+
+def _described(detail: Any) -> str:
+    """One of pydantic's errors as `NAME: message`."""
+    name = "_".join(str(part) for part in detail["loc"]).upper()
+    message = str(detail["msg"]).removeprefix("Value error, ")
+    return f"{name}: {message}" if name else message
+
+
 class SettingsError(Exception):
     """A setting that does not parse; the message names it."""
 
@@ -228,9 +334,5 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            name = "_".join(str(part) for part in error["loc"]).upper()
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{name}: {message}" if name else message)
+        problems = [_described(error) for error in exc.errors()]
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None

@@ -20,7 +20,16 @@ from users_service.main import create_app
 from users_service.settings import LogFormat, load_settings
 
 API_KEY = "sekret-key-0123456789"
+READ_KEY = "reader-key-0123456789"
 EMAIL = "grace.hopper@example.com"
+# A path segment that, written raw, would end the line and forge another:
+# a DELETE by another caller (the finding of issue 17), then CR and ESC. No
+# '/' (not even %2F): the path would no longer match /users/{user_id}.
+FORGED = (
+    "2026-11-30T02:00:00.000Z INFO users_service.access DELETE {user_id} 204 "
+    "request_id=forged caller=admin duration_ms=1.0 user_id=6d285d42-3bcb-4896-bfc8-8cd88223e05b"
+)
+FORGED_PATH = "/users/x%0A" + FORGED.replace(" ", "%20") + "%0D%1B[2Jend"
 
 
 def test_json_log_has_one_line_per_request_without_keys_or_emails(tmp_path: Path) -> None:
@@ -65,6 +74,70 @@ def test_json_log_has_one_line_per_request_without_keys_or_emails(tmp_path: Path
     assert EMAIL not in log and "example.com" not in log
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_forged_line_in_the_path_stays_one_escaped_line(tmp_path: Path, log_format: str) -> None:
+    url = create_fresh_database("sqlite", tmp_path, "_forged")
+    migrate(url)
+    with running_server(url, tmp_path / "server.log", {"LOG_FORMAT": log_format}) as server:
+        response = httpx.get(f"{server.base_url}{FORGED_PATH}", headers={"X-Request-ID": "sent"})
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+        log = server.log()
+
+    assert response.status_code == 422
+    lines = log.splitlines()
+    [line] = [line for line in lines if "request_id=sent" in line or '"request_id":"sent"' in line]
+    assert not [line for line in lines if line.startswith("2026-11-30T02:00:00")]
+    assert "\x1b" not in log and "\r" not in log
+    if log_format == "json":
+        assert json.loads(line)["user_id"] == f"x\n{FORGED}\r\x1b[2Jend"
+    else:
+        assert f'user_id="x\\n{FORGED}\\r\\x1b[2Jend"' in line
+
+
+def test_access_lines_name_the_peer_the_forwarded_chain_of_a_trusted_proxy_and_a_refused_caller(
+    tmp_path: Path,
+) -> None:
+    url = create_fresh_database("sqlite", tmp_path, "_peers")
+    migrate(url)
+    env = {
+        "LOG_FORMAT": "json",
+        "API_KEYS": f"alpha:{API_KEY}",
+        "API_READ_KEYS": f"beta:{READ_KEY}",
+    }
+    chain = "203.0.113.7, 198.51.100.2"
+    logs = {}
+    # 127.0.0.1, where the test connects from, is a trusted proxy by default.
+    for trusted in ("127.0.0.1", "10.9.9.9"):
+        with running_server(
+            url, tmp_path / f"{trusted}.log", {**env, "FORWARDED_ALLOW_IPS": trusted}
+        ) as server:
+            refused = httpx.post(
+                f"{server.base_url}/users",
+                json={"name": "Grace", "email": EMAIL, "age": 85},
+                headers={"Authorization": f"Bearer {READ_KEY}", "X-Request-ID": "refused"},
+            )
+            assert refused.status_code == 403
+            forwarded = httpx.get(
+                f"{server.base_url}/healthz",
+                headers={"X-Forwarded-For": chain, "X-Request-ID": "forwarded"},
+            )
+            assert forwarded.status_code == 200
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(timeout=30) == 0
+            lines = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+            logs[trusted] = {line.get("request_id"): line for line in lines}
+
+    assert logs["127.0.0.1"]["refused"]["caller"] == "beta"  # before: anonymous
+    for line in (*logs["127.0.0.1"].values(), *logs["10.9.9.9"].values()):
+        if line["logger"] == "users_service.access":
+            assert line["peer"].startswith("127.0.0.1:")
+            assert int(line["peer"].rpartition(":")[2]) > 0
+    assert logs["127.0.0.1"]["forwarded"]["forwarded_for"] == chain
+    assert "forwarded_for" not in logs["10.9.9.9"]["forwarded"]  # not a trusted proxy
+    assert "forwarded_for" not in logs["127.0.0.1"]["refused"]  # nothing forwarded
+
+
 @pytest.fixture
 def failing_app(tmp_path: Path) -> FastAPI:
     url = create_fresh_database("sqlite", tmp_path, "_boom")
@@ -99,11 +172,12 @@ def test_an_unhandled_error_logs_its_traceback_with_the_request_id_and_answers_5
 
 def test_production_logs_json_and_development_text() -> None:
     production = load_settings(
-        environment="production", cursor_secret="s" * 32, api_keys="a:k"
+        environment="production", cursor_secret="s" * 32, api_keys=f"a:{API_KEY}"
     ).effective_log_format
     development = load_settings(environment="development").effective_log_format
-    chosen = load_settings(environment="production", cursor_secret="s" * 32, api_keys="a:k",
-                           log_format="text").effective_log_format  # fmt: skip
+    chosen = load_settings(
+        environment="production", cursor_secret="s" * 32, api_keys=f"a:{API_KEY}", log_format="text"
+    ).effective_log_format
     assert (production, development, chosen) == (LogFormat.json, LogFormat.text, LogFormat.text)
 
 

@@ -96,6 +96,11 @@ def refuse_to_serve(tmp_path: Path, **variables: str) -> subprocess.CompletedPro
         pytest.param({"DB_POOL_SIZE": "0"}, "DB_POOL_SIZE", id="pool-size-zero"),
         pytest.param({"ENVIRONMENT": "production"}, "CURSOR_SECRET", id="production-no-secret"),
         pytest.param({"DATABASE_URL": "oracle://u@h/db"}, "DATABASE_URL", id="unsupported-db"),
+        pytest.param(
+            {"ENVIRONMENT": "production", "CURSOR_SECRET": "s" * 32, "API_KEYS": "w:1"},
+            "API_KEYS",
+            id="production-short-key",
+        ),
     ],
 )
 def test_serve_refuses_bad_setting_naming_it_without_traceback(
@@ -106,3 +111,24 @@ def test_serve_refuses_bad_setting_naming_it_without_traceback(
     assert result.returncode != 0
     assert re.search(rf"\b{named}\b", result.stderr), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_never_shows_the_database_password(tmp_path: Path) -> None:
+    # Unencoded, the '@' would make the host "zqxj@127.0.0.1": refused at start.
+    refused = refuse_to_serve(
+        tmp_path, DATABASE_URL="postgresql://postgres:hunter2@zqxj@127.0.0.1:5432/users"
+    )
+    assert refused.returncode != 0 and "DATABASE_URL" in refused.stderr
+    # Encoded, on a server that is down: 503s and their log lines.
+    url = f"postgresql://postgres:hunter2%40zqxj@127.0.0.1:{free_port()}/users"
+    with running_server(url, tmp_path / "server.log") as server:
+        readiness = httpx.get(f"{server.base_url}/readyz", timeout=10)
+        listing = httpx.get(f"{server.base_url}/users", timeout=10)
+        assert stop_with_sigterm(server) == 0
+        log = server.log()
+
+    assert (readiness.status_code, readiness.json()["database"]) == (503, "unreachable")
+    assert listing.status_code == 503
+    assert "database unavailable" in log
+    for shown in (refused.stdout, refused.stderr, readiness.text, listing.text, log):
+        assert "hunter2" not in shown and "zqxj" not in shown

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from users_service.settings import (
+    MIN_PRODUCTION_KEY_LENGTH,
     Environment,
     LogLevel,
     Settings,
@@ -121,7 +123,9 @@ def test_environment_variable_overrides_dotenv(
 
 
 def test_dotenv_is_read_from_the_working_directory(no_outside_configuration: Path) -> None:
-    (no_outside_configuration / ".env").write_text("PORT=8123\nENVIRONMENT=test\n")
+    (no_outside_configuration / ".env").write_text(
+        "PORT=8123\nENVIRONMENT=test\nCURSOR_SECRET=from-the-dotenv-file\n"
+    )
 
     settings = load_settings()
 
@@ -226,3 +230,107 @@ def test_database_url_refusal_does_not_echo_the_password(
         load_settings()
 
     assert "hunter2secret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("variable", ["API_KEYS", "API_READ_KEYS"])
+def test_production_refuses_a_short_key_naming_the_setting_and_caller_not_the_key(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv("CURSOR_SECRET", "a-private-value")
+    monkeypatch.setenv(variable, f"billing:{'k' * 20},w:{'s' * (MIN_PRODUCTION_KEY_LENGTH - 1)}")
+
+    with pytest.raises(SettingsError) as refused:
+        load_settings(environment="production")
+
+    message = str(refused.value)
+    assert re.search(rf"(?<![A-Z_]){variable}\b", message)
+    assert "'w'" in message and str(MIN_PRODUCTION_KEY_LENGTH) in message
+    assert "sss" not in message and "billing" not in message
+
+
+def test_short_keys_are_refused_only_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEYS", "w:1")
+    monkeypatch.setenv("CURSOR_SECRET", "a-private-value")
+
+    assert [key.caller for key in load_settings(environment="test").api_key_list] == ["w"]
+    monkeypatch.setenv("API_KEYS", f"w:{'1' * MIN_PRODUCTION_KEY_LENGTH}")
+    assert [key.caller for key in load_settings(environment="production").api_key_list] == ["w"]
+
+
+PASSWORD = "hunter2@tail"  # what must never be shown
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    [
+        "postgresql://u:hunter2@tail@db.example:5432/users",  # host "tail@db.example"
+        "postgresql://u:hunter2@tail@db.example/users",
+        "postgresql://u:hunter2@tail:9@db.example/users",  # port "9@db.example"
+        "postgresql://u:hunter2@tail/x@db.example/users",  # database "x@db.example/users"
+        "postgresql://u:hunter2@tail?x@db.example/users",  # host "tail", a query
+        "mariadb://u:hunter2@tail@db.example:3306/users",
+        "postgresql://u:hunter2@tail@[::1]/users",
+    ],
+)
+def test_an_unencoded_at_in_the_password_is_refused_without_showing_any_of_it(
+    database_url: str,
+) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(database_url=database_url)
+
+    message = str(refused.value)
+    assert "DATABASE_URL" in message and "%40" in message
+    assert "hunter" not in message and "tail" not in message
+
+
+def test_an_encoded_at_in_the_password_is_the_password() -> None:
+    url = load_settings(
+        database_url="postgresql://u:hunter2%40tail@db.example/users"
+    ).sqlalchemy_url
+
+    assert (url.password, url.host, url.database) == (PASSWORD, "db.example", "users")
+    assert PASSWORD not in repr(url) and "hunter2" not in str(url)
+
+
+def test_connection_limits_default_to_16_kib_10_s_and_5_s() -> None:
+    settings = load_settings()
+
+    assert settings.max_header_bytes == 16 * 1024
+    assert settings.headers_timeout_seconds == 10
+    assert settings.keep_alive_timeout_seconds == 5
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MAX_HEADER_BYTES", "1023"),
+        ("MAX_HEADER_BYTES", "16k"),
+        ("HEADERS_TIMEOUT_SECONDS", "0"),
+        ("KEEP_ALIVE_TIMEOUT_SECONDS", "0"),
+        ("KEEP_ALIVE_TIMEOUT_SECONDS", "never"),
+    ],
+)
+def test_connection_limits_out_of_range_are_refused_naming_them(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(SettingsError, match=rf"(?<![A-Z_]){variable}\b"):
+        load_settings()
+
+
+def test_a_refusal_names_every_missing_or_invalid_setting_at_once() -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(environment="production")
+    assert "CURSOR_SECRET" in str(refused.value) and "API_KEYS" in str(refused.value)
+
+    with pytest.raises(SettingsError) as refused:
+        load_settings(
+            environment="production",
+            port="notaport",
+            database_url="oracle://u@h/db",
+            api_keys="writer:short",
+        )
+    message = str(refused.value)
+    for named in ("PORT", "DATABASE_URL", "API_KEYS", "CURSOR_SECRET"):
+        assert named in message, (named, message)

@@ -64,8 +64,8 @@ class ApiKeyMiddleware:
             if key is None:
                 await problem_response(Unauthorized())(scope, receive, send)
                 return
+            state["caller"] = key.caller  # a refused write is logged with its caller too
             if not key.can_write and scope["method"] not in READ_METHODS:
                 await problem_response(Forbidden())(scope, receive, send)
                 return
-            state["caller"] = key.caller
         await self.app(scope, receive, send)

@@ -34,11 +34,31 @@ def abandoned_at_shutdown() -> ServiceUnavailable:
     )
 
 
+def address(client: tuple[str, int] | None) -> str:
+    """`host:port` (`[host]:port` for IPv6) of a scope's client; `-` if none."""
+    if client is None:
+        return "-"
+    host, port = client
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def forwarded_chain(scope: Scope) -> str:
+    """X-Forwarded-For as received (several such headers joined, as uvicorn does)."""
+    return ", ".join(
+        value.decode("latin-1") for name, value in scope["headers"] if name == b"x-forwarded-for"
+    )
+
+
 class RequestContextMiddleware:
     """What every request gets, outermost: a request id (echoed in
     `X-Request-ID`), a 500 problem for any error nothing else handled (its
     traceback logged with the request id), and, once answered, its metrics
-    and its one access-log line (see logs.py)."""
+    and its one access-log line (see logs.py).
+
+    It runs outside ProxyHeadersMiddleware, so the `client` it sees is the
+    peer; when the client is another once the request has been through that
+    middleware, the peer is a trusted proxy (FORWARDED_ALLOW_IPS) and the
+    line records the X-Forwarded-For it sent."""
 
     def __init__(self, app: ASGIApp, access_log: AccessLog) -> None:
         self.app = app
@@ -50,6 +70,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        peer = scope.get("client")
         request_id = request_id_from(scope)
         token = set_request_id(request_id)
         header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
@@ -80,9 +101,16 @@ class RequestContextMiddleware:
             await problem_response(InternalError())(scope, receive, send_with_request_id)
         finally:
             reset_request_id(token)
-            self._observe(scope, request_id, status, time.perf_counter() - started)
+            self._observe(scope, request_id, status, time.perf_counter() - started, peer)
 
-    def _observe(self, scope: Scope, request_id: str, status: int, seconds: float) -> None:
+    def _observe(
+        self,
+        scope: Scope,
+        request_id: str,
+        status: int,
+        seconds: float,
+        peer: tuple[str, int] | None,
+    ) -> None:
         route = scope.get("route")
         template = getattr(route, "path_format", None) or UNMATCHED_ROUTE
         method = scope["method"]
@@ -95,6 +123,8 @@ class RequestContextMiddleware:
                 route=template,
                 status=status,
                 duration_ms=round(seconds * 1000, 3),
+                peer=address(peer),
+                forwarded_for=None if scope.get("client") is peer else forwarded_chain(scope),
                 user_id=scope.get("path_params", {}).get("user_id"),
             )
 

@@ -66,6 +66,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.HEADERS_TOO_LARGE: 431,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.SERVICE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,
@@ -108,8 +110,8 @@ def title(status: int) -> str:
         return "Error"
 
 
-def problem_response(error: ServiceError, *, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The answer for a domain error."""
+def problem_body(error: ServiceError, request_id: str) -> dict[str, Any]:
+    """The problem details of a domain error."""
     status = STATUS[error.code]
     body: dict[str, Any] = {
         "type": "about:blank",
@@ -117,7 +119,7 @@ def problem_response(error: ServiceError, *, headers: dict[str, str] | None = No
         "status": status,
         "detail": error.detail,
         "code": error.code.value,
-        "request_id": current_request_id(),
+        "request_id": request_id,
     }
     if error.errors is not None:
         body["errors"] = [
@@ -125,8 +127,14 @@ def problem_response(error: ServiceError, *, headers: dict[str, str] | None = No
             for e in error.errors[:ERRORS_SHOWN]
         ]
         body["error_count"] = len(error.errors)
+    return body
+
+
+def problem_response(error: ServiceError, *, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The answer for a domain error."""
+    status = STATUS[error.code]
     return JSONResponse(
-        body,
+        problem_body(error, current_request_id()),
         status_code=status,
         headers={**HEADERS.get(error.code, {}), **(headers or {})},
         media_type=PROBLEM_CONTENT_TYPE,

@@ -27,8 +27,9 @@ the Idempotency-Key header runs in the Idempotency-Key flow (api/idempotent.py).
 
 from __future__ import annotations
 
+import copy
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, get_type_hints
 
 from fastapi import Request
@@ -38,6 +39,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from users_service.api import idempotent
 from users_service.api.jsonio import BodyError, parse_json_object
@@ -98,6 +100,28 @@ class TypedRoute(APIRoute):
             endpoint=f"{'/'.join(sorted(self.methods or ()))} {self.path}",
             check_media_type=lambda request: _check_media_type(request, self._accepted),
         )
+
+
+def head_routes(routes: Sequence[BaseRoute]) -> list[APIRoute]:
+    """A HEAD route for each GET route: HEAD is served wherever GET is (RFC 9110).
+
+    FastAPI's routes answer only the methods they declare (Starlette's add
+    HEAD to GET). Each copy shares its GET route's handler, so it answers
+    with the same status and headers, and the server leaves the body out.
+    Added after every other route, they are tried by HEAD requests only (a
+    HEAD first meets its GET route, which matches all but the method), so
+    other requests do not pay for them. The OpenAPI document does not list
+    them: HEAD goes with GET, and a 405's `Allow` says so.
+    """
+    heads = []
+    for route in routes:
+        methods = getattr(route, "methods", None) or set()
+        if isinstance(route, APIRoute) and "GET" in methods and "HEAD" not in methods:
+            head = copy.copy(route)
+            head.methods = {"HEAD"}
+            head.include_in_schema = False
+            heads.append(head)
+    return heads
 
 
 def _in_threadpool(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:

@@ -171,6 +171,14 @@ class UnsupportedMediaType(UsersServiceError):
     """415 `unsupported_media_type`."""
 
 
+class RequestTimeout(UsersServiceError):
+    """408 `request_timeout`: the request's headers did not arrive in time; nothing was done."""
+
+
+class HeadersTooLarge(UsersServiceError):
+    """431 `headers_too_large`: the request's headers are over the service's limit."""
+
+
 class ValidationFailed(UsersServiceError):
     """422 `validation_failed`: `errors` says which input and why. Base of every 422."""
 
@@ -202,6 +210,8 @@ ERRORS_BY_CODE: dict[str, type[UsersServiceError]] = {
     ErrorCode.VERSION_MISMATCH: VersionMismatch,
     ErrorCode.PAYLOAD_TOO_LARGE: PayloadTooLarge,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: UnsupportedMediaType,
+    ErrorCode.REQUEST_TIMEOUT: RequestTimeout,
+    ErrorCode.HEADERS_TOO_LARGE: HeadersTooLarge,
     ErrorCode.VALIDATION_FAILED: ValidationFailed,
     ErrorCode.IDEMPOTENCY_KEY_REUSED: IdempotencyKeyReused,
     ErrorCode.INTERNAL_ERROR: InternalError,
@@ -215,12 +225,14 @@ ERRORS_BY_STATUS: dict[int, type[UsersServiceError]] = {
     403: Forbidden,
     404: NotFound,
     405: MethodNotAllowed,
+    408: RequestTimeout,
     409: Conflict,
     412: VersionMismatch,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     422: ValidationFailed,
     429: RateLimited,
+    431: HeadersTooLarge,
     500: InternalError,
     503: ServiceUnavailable,
 }
