@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = database
-    app.state.cursor_codec = CursorCodec(settings.cursor_secret.get_secret_value())
+    app.state.cursor_codec = CursorCodec(settings.cursor_secrets)
     app.state.schema_heads, app.state.schema_revisions = migration_revisions()
 
     install_error_handlers(app)
