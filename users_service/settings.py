@@ -8,6 +8,7 @@ stops start-up with a message that names the setting (see `load_settings`).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -25,6 +26,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from users_service.tracing import tracing_problems, tracing_requested
 
 
 class Environment(StrEnum):
@@ -193,6 +196,13 @@ class Settings(BaseSettings):
     api_read_keys_file: Path | None = None
     cursor_secret_file: Path | None = None
     database_url_file: Path | None = None
+    # Tracing: the standard OTEL_* variables, which OpenTelemetry reads from
+    # the process environment itself (users_service/tracing.py); off unless
+    # they ask for it. Those this service cannot honour refuse start-up.
+
+    @property
+    def tracing_enabled(self) -> bool:
+        return tracing_requested(os.environ)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -214,6 +224,7 @@ class Settings(BaseSettings):
                 return found.get_secret_value()
             return str(found.value if isinstance(found, StrEnum) else found)
 
+        problems += tracing_problems(os.environ)
         problems += deployment_problems(
             environment=value("environment", Environment.development.value),
             cursor_secret=value("cursor_secret", DEVELOPMENT_CURSOR_SECRET),
