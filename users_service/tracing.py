@@ -179,12 +179,16 @@ class TracingMiddleware:
             context=parent,
             kind=tracing.server,
             attributes={"http.request.method": method, "url.path": scope["path"]},
+            record_exception=False,  # its traceback is logged, with the emails masked
             set_status_on_exception=False,
         ) as span:
             ids = span.get_span_context()
             token = set_trace_ids((format(ids.trace_id, "032x"), format(ids.span_id, "016x")))
             try:
                 await self.app(scope, receive, send_traced)
+            except BaseException as error:
+                _failed(span, error)
+                raise
             finally:
                 reset_trace_ids(token)
                 _describe_request(span, scope, method, status, request_id, tracing)
@@ -205,6 +209,13 @@ def _describe_request(
         span.set_attribute("users_service.request_id", request_id)
     if status >= 500:
         span.set_status(tracing.error)
+
+
+def _failed(span: Span, error: BaseException) -> None:
+    from opentelemetry.trace import StatusCode
+
+    span.set_attribute("error.type", type(error).__name__)
+    span.set_status(StatusCode.ERROR)
 
 
 class TracedConnection:
@@ -228,8 +239,16 @@ class TracedConnection:
                 "db.operation.name": operation,
                 "db.query.text": statement.sql,
             },
-        ):
-            yield
+            # A driver's message may quote a value (the email a unique index
+            # refused): a failed statement's span names the error's type only.
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                yield
+            except BaseException as error:
+                _failed(span, error)
+                raise
 
     async def one(self, statement: Statement, values: Mapping[str, Any] = {}) -> Row | None:
         with self._span(statement):

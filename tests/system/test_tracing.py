@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from tests.databases import create_fresh_database, migrate
 from tests.server import running_server
-from users_service_client import UsersClient, forwarding
+from users_service_client import EmailTaken, UsersClient, forwarding
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"
@@ -117,6 +117,8 @@ def test_spans_continue_the_callers_traceparent_and_log_lines_carry_it(
             forwarding(request_id="order-7", traceparent=TRACEPARENT),
         ):
             user = users.create_user(name="Ada", email="ada@example.com", age=36)
+            with pytest.raises(EmailTaken):  # the driver's message quotes the email
+                users.create_user(name="Ada", email="ada@example.com", age=36)
         users_again = UsersClient(server.base_url)
         users_again.get_user(user.id)  # no traceparent: a trace of its own
         users_again.close()
@@ -140,19 +142,27 @@ def test_spans_continue_the_callers_traceparent_and_log_lines_carry_it(
     assert all(span["kind"] == SPAN_KIND_CLIENT for span in statements)
     assert {span["attributes"]["db.system.name"] for span in statements} == {backend}
     assert "INSERT" in {span["attributes"]["db.operation.name"] for span in statements}
-    assert all("ada@example.com" not in json.dumps(span) for span in statements)  # no values
+    assert "ada@example.com" not in json.dumps(receiver.spans)  # no values, no driver messages
+    refused = next(
+        span for span in requests if span["attributes"].get("http.response.status_code") == 409
+    )
+    failed = [span for span in receiver.spans if span["parent_span_id"] == refused["span_id"]]
+    assert "UniqueViolation" in {span["attributes"].get("error.type") for span in failed}
 
     read = next(span for span in requests if span["name"] == "GET /users/{user_id}")
     assert read["trace_id"] != TRACE_ID and read["parent_span_id"] == ""
 
     lines = [json.loads(line) for line in log.splitlines() if line.strip()]
-    access = {line["route"]: line for line in lines if line["logger"] == "users_service.access"}
-    assert access["/users"]["request_id"] == "order-7"
-    assert (access["/users"]["trace_id"], access["/users"]["span_id"]) == (
-        TRACE_ID,
-        create["span_id"],
-    )
-    assert access["/users/{user_id}"]["trace_id"] == read["trace_id"]
+    access = {
+        (line["route"], line["status"]): line
+        for line in lines
+        if line["logger"] == "users_service.access"
+    }
+    created, taken = access["/users", 201], access["/users", 409]
+    assert created["request_id"] == taken["request_id"] == "order-7"
+    assert (created["trace_id"], created["span_id"]) == (TRACE_ID, create["span_id"])
+    assert (taken["trace_id"], taken["span_id"]) == (TRACE_ID, refused["span_id"])
+    assert access["/users/{user_id}", 200]["trace_id"] == read["trace_id"]
 
 
 def _requests(receiver: Receiver) -> list[dict[str, Any]]:
