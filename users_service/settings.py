@@ -302,7 +302,7 @@ def deployment_problems(
         except ValueError as error:
             problems.append(str(error))
     keys_set = bool(api_keys or api_read_keys)
-    if cursor_secret == DEVELOPMENT_CURSOR_SECRET and (
+    if cursor_secret in ("", DEVELOPMENT_CURSOR_SECRET) and (
         environment != Environment.development.value or keys_set
     ):
         # The built-in secret is public: anyone could sign a cursor with it.
