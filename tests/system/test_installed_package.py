@@ -1,11 +1,11 @@
 """What we give others, installed as they would install it: the service's
 wheel in a fresh virtualenv outside the checkout, and the client alone.
 
-Each virtualenv is made once per module (no pip of its own: the suite's pip
-installs into it with --python) from the package index and pip's cache,
-pinned by requirements.txt as a constraint so that it installs what the
-suite was tested with. Measured on the 2-core machine: about 30 s for the
-service's, 10 s for the client's.
+Each virtualenv is made once (no pip of its own: the suite's pip installs
+into it with --python) from the package index and pip's cache, with the
+pins of requirements.txt and requirements-dev.txt as constraints, so that
+it installs what the suite was tested with. Measured on the 2-core machine:
+about 30 s for the service's, 10 s for the client's.
 """
 
 from __future__ import annotations
@@ -62,9 +62,18 @@ def make_venv(path: Path, *requirements: str | Path) -> Path:
     """A fresh virtualenv at `path` with `requirements` installed; its bin folder."""
     venv.create(path, with_pip=False)
     python = path / "bin" / "python"
+    # Pins only: an `-r` line in a constraints file would install what it names.
+    pins = [
+        line
+        for name in ("requirements.txt", "requirements-dev.txt")
+        for line in (REPO_ROOT / name).read_text().splitlines()
+        if line and not line.startswith(("#", "-"))
+    ]
+    constraints = path.parent / "constraints.txt"
+    constraints.write_text("\n".join(pins) + "\n")
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-         "-c", str(REPO_ROOT / "requirements.txt"), *map(str, requirements)],
+         "-c", str(constraints), *map(str, requirements)],
         check=True,
         capture_output=True,
     )  # fmt: skip
