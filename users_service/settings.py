@@ -248,8 +248,11 @@ class Settings(BaseSettings):
 
     @cached_property
     def cursor_secrets(self) -> list[str]:
-        """CURSOR_SECRET's secrets: the first signs, every one verifies."""
-        return cursor_secrets_of(self.cursor_secret.get_secret_value())
+        """CURSOR_SECRET's secrets: the first signs, every one verifies
+        (none given: the built-in one, which only development accepts)."""
+        return cursor_secrets_of(self.cursor_secret.get_secret_value()) or [
+            DEVELOPMENT_CURSOR_SECRET
+        ]
 
     @cached_property
     def sqlalchemy_url(self) -> URL:
@@ -372,10 +375,9 @@ def deployment_problems(
         except ValueError as error:
             problems.append(str(error))
     keys_set = bool(api_keys or api_read_keys)
+    # An empty CURSOR_SECRET (or one of commas only) counts as unset.
     cursor_secrets = cursor_secrets_of(cursor_secret)
-    if not cursor_secrets:
-        problems.append("CURSOR_SECRET holds no secret: give one, or several separated by commas")
-    if DEVELOPMENT_CURSOR_SECRET in cursor_secrets and (
+    if (not cursor_secrets or DEVELOPMENT_CURSOR_SECRET in cursor_secrets) and (
         environment != Environment.development.value or keys_set
     ):
         # The built-in secret is public: anyone could sign a cursor with it.

@@ -348,9 +348,10 @@ def test_cursor_secret_may_list_several_secrets_the_first_signing() -> None:
 
 
 @pytest.mark.parametrize("value", ["", ",", " , "])
-def test_cursor_secret_without_any_secret_is_refused_naming_it(value: str) -> None:
-    with pytest.raises(SettingsError, match=r"\bCURSOR_SECRET holds no secret"):
-        load_settings(cursor_secret=value)
+def test_a_cursor_secret_without_any_secret_counts_as_unset(value: str) -> None:
+    assert load_settings(cursor_secret=value).cursor_secrets == [DEVELOPMENT_CURSOR_SECRET]
+    with pytest.raises(SettingsError, match=r"\bCURSOR_SECRET\b.*built-in one is public"):
+        load_settings(cursor_secret=value, environment="test")
 
 
 def test_the_built_in_cursor_secret_among_several_is_refused_outside_development() -> None:
