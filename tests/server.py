@@ -34,10 +34,13 @@ TEST_CURSOR_SECRET = "test-suite-cursor-secret-not-for-production"
 
 
 def service_env(**variables: str) -> dict[str, str]:
-    """The test process's environment without any service setting, plus
+    """The test process's environment without any service setting (nor an
+    OTEL_* variable, which would turn tracing on), plus
     `variables` (and, for ENVIRONMENT=test, the suite's cursor secret)."""
     env = {
-        name: value for name, value in os.environ.items() if name.upper() not in SETTINGS_VARIABLES
+        name: value
+        for name, value in os.environ.items()
+        if name.upper() not in SETTINGS_VARIABLES and not name.upper().startswith("OTEL_")
     }
     env.update(variables)
     if env.get("ENVIRONMENT") == "test":

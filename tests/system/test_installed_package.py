@@ -120,7 +120,7 @@ def test_a_production_install_has_no_test_or_lint_tool(wheel: Path) -> None:
 
     assert {"fastapi", "sqlalchemy", "alembic", "uvicorn"} <= runtime
     assert not runtime & {"psycopg", "pymysql"}, "drivers are extras"
-    assert sorted(metadata.get_all("Provides-Extra", [])) == ["mariadb", "postgresql"]
+    assert sorted(metadata.get_all("Provides-Extra", [])) == ["mariadb", "postgresql", "tracing"]
     assert not requirement_names(requires) & DEV_TOOLS
     assert not pinned & DEV_TOOLS, "requirements.txt is the runtime set"
     # Every module of the package, and every migration, is in the wheel.

@@ -26,6 +26,8 @@ from users_service_client.client import (
     ValidationFailed,
     VersionMismatch,
     __version__,
+    forwarded_headers,
+    forwarding,
 )
 from users_service_client.models import (
     ErrorCode,
@@ -68,4 +70,6 @@ __all__ = [
     "ValidationFailed",
     "VersionMismatch",
     "__version__",
+    "forwarded_headers",
+    "forwarding",
 ]
