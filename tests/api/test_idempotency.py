@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -21,7 +22,7 @@ from sqlalchemy import func, insert, select, update
 
 from tests.helpers import assert_problem, race, user_count
 from users_service.api.auth import ANONYMOUS
-from users_service.idempotency import delete_expired, fingerprint
+from users_service.idempotency import Claim, claim, delete_expired, fingerprint, release
 from users_service.main import create_app
 from users_service.models import idempotency_keys
 from users_service.settings import load_settings
@@ -514,6 +515,44 @@ def test_delete_expired_removes_keys_older_than_24_hours_and_keeps_newer(
     assert stored_rows(engine, keys["just-expired"]) == []
     assert len(stored_rows(engine, keys["nearly-expired"])) == 1
     assert len(stored_rows(engine, keys["fresh"])) == 1
+
+
+def test_release_frees_the_requests_own_claim_and_never_a_later_one(
+    client: TestClient, app: FastAPI
+) -> None:
+    database = app.state.database
+    assert client.portal is not None
+
+    def claim_now(key: str) -> Claim:
+        claimed = client.portal.call(
+            partial(
+                claim,
+                database=database,
+                caller=ANONYMOUS,
+                endpoint=CREATE_ENDPOINT,
+                key=key,
+                request_hash=fingerprint(FIRST_BODY),
+            )
+        )
+        assert isinstance(claimed, Claim)
+        return claimed
+
+    released_key, kept_key = new_key(), new_key()
+    client.portal.call(partial(release, database=database, claimed=claim_now(released_key)))
+    # A later request's claim of the same key (here: one that took over a
+    # claim its request never finished) survives the earlier one's release.
+    earlier = claim_now(kept_key)
+    later = replace(earlier, claimed_at=earlier.claimed_at + timedelta(minutes=3))
+    with database.engine.begin() as connection:
+        connection.execute(
+            update(keys_table)
+            .where(keys_table.c.key == kept_key)
+            .values(created_at=later.claimed_at)
+        )
+    client.portal.call(partial(release, database=database, claimed=earlier))
+
+    assert stored_rows(database.engine, released_key) == []
+    assert len(stored_rows(database.engine, kept_key)) == 1
 
 
 # --- batch -------------------------------------------------------------------------------------
