@@ -10,6 +10,7 @@ PostgreSQL and PgBouncer refuse to run as root: their tools run as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -72,6 +73,7 @@ class ThrowawayPostgres:
     port: int
     name: str = "data"
     settings: list[str] = field(default_factory=list)  # extra `-c name=value`
+    standbys: list[ThrowawayPostgres] = field(default_factory=list)  # standby_of's
 
     @property
     def url(self) -> str:
@@ -115,14 +117,28 @@ class ThrowawayPostgres:
     def stop(self, mode: str) -> None:
         self._pg_ctl("stop", "-w", "-t", "60", "-m", mode)
 
+    def _postmaster(self) -> int | None:
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, 0)
+        except (FileNotFoundError, ValueError, IndexError, ProcessLookupError):
+            return None
+        return pid
+
     def is_running(self) -> bool:
-        return (self.data / "postmaster.pid").exists()
+        return self._postmaster() is not None
 
     def kill(self) -> None:
-        """SIGKILL the postmaster and every backend: a machine that died."""
-        pid = int((self.data / "postmaster.pid").read_text().split()[0])
-        subprocess.run(["pkill", "-KILL", "-P", str(pid)], check=False)
-        os.kill(pid, signal.SIGKILL)
+        """SIGKILL the postmaster and every process of the cluster at once:
+        what a machine that dies does to it."""
+        pid = self._postmaster()
+        assert pid is not None, "the cluster is not running"
+        children = subprocess.run(
+            ["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        for victim in (pid, *map(int, children)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
 
     def promote(self) -> None:
         self._pg_ctl("promote", "-w", "-t", "60")
@@ -158,8 +174,9 @@ def throwaway_postgres(prefix: str, *settings: str) -> Iterator[ThrowawayPostgre
         migrate(cluster.url)
         yield cluster
     finally:
-        if cluster.is_running():
-            cluster.stop("immediate")
+        for member in (cluster, *cluster.standbys):
+            if member.is_running():
+                member.stop("immediate")
         shutil.rmtree(cluster.root, ignore_errors=True)
 
 
@@ -176,6 +193,7 @@ def standby_of(primary: ThrowawayPostgres, name: str) -> ThrowawayPostgres:
         str(standby.data),
         cwd=primary.root,
     )
+    primary.standbys.append(standby)
     standby.start()
     return standby
 

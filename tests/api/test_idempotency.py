@@ -521,10 +521,11 @@ def test_release_frees_the_requests_own_claim_and_never_a_later_one(
     client: TestClient, app: FastAPI
 ) -> None:
     database = app.state.database
-    assert client.portal is not None
+    portal = client.portal
+    assert portal is not None
 
     def claim_now(key: str) -> Claim:
-        claimed = client.portal.call(
+        claimed = portal.call(
             partial(
                 claim,
                 database=database,
@@ -538,7 +539,7 @@ def test_release_frees_the_requests_own_claim_and_never_a_later_one(
         return claimed
 
     released_key, kept_key = new_key(), new_key()
-    client.portal.call(partial(release, database=database, claimed=claim_now(released_key)))
+    portal.call(partial(release, database=database, claimed=claim_now(released_key)))
     # A later request's claim of the same key (here: one that took over a
     # claim its request never finished) survives the earlier one's release.
     earlier = claim_now(kept_key)
@@ -549,7 +550,7 @@ def test_release_frees_the_requests_own_claim_and_never_a_later_one(
             .where(keys_table.c.key == kept_key)
             .values(created_at=later.claimed_at)
         )
-    client.portal.call(partial(release, database=database, claimed=earlier))
+    portal.call(partial(release, database=database, claimed=earlier))
 
     assert stored_rows(database.engine, released_key) == []
     assert len(stored_rows(database.engine, kept_key)) == 1
