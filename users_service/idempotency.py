@@ -15,7 +15,9 @@ was away), so the retry runs again.
 Keys belong to (caller, endpoint); they expire after 24 hours (treated as
 absent from then on, and deleted by a background sweep off the request
 path). A claim whose request never answered (its process died) is taken
-over by a retry after IN_FLIGHT_TIMEOUT.
+over by a retry after IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS (default
+IN_FLIGHT_TIMEOUT); the claim's created_at fences it, so a request that
+was taken over can neither store its answer nor release the new claim.
 """
 
 from __future__ import annotations
@@ -87,7 +89,13 @@ def _key_condition() -> Any:
 
 
 async def claim(
-    *, database: Database, caller: str, endpoint: str, key: str, request_hash: str
+    *,
+    database: Database,
+    caller: str,
+    endpoint: str,
+    key: str,
+    request_hash: str,
+    in_flight_timeout: timedelta = IN_FLIGHT_TIMEOUT,
 ) -> Claim | StoredAnswer:
     """Claim the key for this request, or return the answer it already has.
 
@@ -139,7 +147,7 @@ async def claim(
                 continue
             created_at, stored_hash, status, headers, body = select_key.decode(row)
             age = now - as_utc(created_at)
-            stale = age > TIME_TO_LIVE or (status is None and age > IN_FLIGHT_TIMEOUT)
+            stale = age > TIME_TO_LIVE or (status is None and age > in_flight_timeout)
             if stale:  # expired, or its request died: start afresh
                 restart = compiled(
                     connection,
@@ -169,13 +177,17 @@ async def claim(
 
 
 async def save_answer(*, connection: Connection, claimed: Claim, answer: StoredAnswer) -> None:
-    """Store the answer in the caller's open transaction."""
+    """Store the answer in the caller's open transaction.
+
+    Raises 409 `idempotency_key_in_use` (and the caller's transaction, its
+    write with it, is rolled back) when the claim is no longer this
+    request's: a retry took it over after the in-flight timeout."""
     statement = compiled(
         connection,
         "save_answer",
         lambda: (
             update(keys)
-            .where(_key_condition())
+            .where(_key_condition() & (keys.c.created_at == bindparam("claimed_at")))
             .values(
                 status=bindparam("new_status"),
                 headers=bindparam("new_headers"),
@@ -183,15 +195,18 @@ async def save_answer(*, connection: Connection, claimed: Claim, answer: StoredA
             )
         ),
     )
-    await connection.run(
+    saved = await connection.run(
         statement,
         {
             **claimed.where(),
+            "claimed_at": claimed.claimed_at,
             "new_status": answer.status,
             "new_headers": orjson.dumps(answer.headers).decode(),
             "new_body": answer.body,
         },
     )
+    if saved != 1:
+        raise IdempotencyKeyInUse()
     claimed.saved = True
 
 

@@ -171,6 +171,12 @@ class Settings(BaseSettings):
     # that, 429 rate_limited. 0 turns the cap off.
     max_requests_in_flight_per_caller: Annotated[int, Field(ge=0, le=100_000)] = 100
 
+    # A claimed Idempotency-Key whose request has not answered after this
+    # long is taken over by a retry (its process likely died); if that
+    # request does answer after all, its write is rolled back and it
+    # answers 409 idempotency_key_in_use: one user per key either way.
+    idempotency_in_flight_timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = 120.0
+
     sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.FULL
     sqlite_busy_timeout_ms: Annotated[int, Field(ge=0, le=600_000)] = 10_000
 

@@ -22,7 +22,16 @@ from sqlalchemy import func, insert, select, update
 
 from tests.helpers import assert_problem, race, user_count
 from users_service.api.auth import ANONYMOUS
-from users_service.idempotency import Claim, claim, delete_expired, fingerprint, release
+from users_service.errors import IdempotencyKeyInUse
+from users_service.idempotency import (
+    Claim,
+    StoredAnswer,
+    claim,
+    delete_expired,
+    fingerprint,
+    release,
+    save_answer,
+)
 from users_service.main import create_app
 from users_service.models import idempotency_keys
 from users_service.settings import load_settings
@@ -554,6 +563,47 @@ def test_release_frees_the_requests_own_claim_and_never_a_later_one(
 
     assert stored_rows(database.engine, released_key) == []
     assert len(stored_rows(database.engine, kept_key)) == 1
+
+
+def test_a_request_whose_claim_was_taken_over_can_store_nothing(
+    client: TestClient, app: FastAPI
+) -> None:
+    database = app.state.database
+    portal = client.portal
+    assert portal is not None
+    key = new_key()
+    first = portal.call(
+        partial(
+            claim,
+            database=database,
+            caller=ANONYMOUS,
+            endpoint=CREATE_ENDPOINT,
+            key=key,
+            request_hash=fingerprint(FIRST_BODY),
+        )
+    )
+    assert isinstance(first, Claim)
+    # Its request looks dead (no answer for longer than the in-flight
+    # timeout): a retry takes the key over and creates the user.
+    with database.engine.begin() as connection:
+        connection.execute(
+            update(keys_table)
+            .where(keys_table.c.key == key)
+            .values(created_at=datetime.now(UTC) - timedelta(minutes=3))
+        )
+    retried = post_json(client, "/users", FIRST_BODY, key)
+    assert retried.status_code == 201, retried.text
+
+    async def late_answer() -> None:
+        async with database.transaction() as connection:
+            await save_answer(
+                connection=connection, claimed=first, answer=StoredAnswer(201, {}, b"{}")
+            )
+
+    with pytest.raises(IdempotencyKeyInUse):
+        portal.call(late_answer)
+    assert_replay_of(post_json(client, "/users", FIRST_BODY, key), retried)
+    assert user_count(client) == 1
 
 
 # --- batch -------------------------------------------------------------------------------------
