@@ -15,6 +15,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -273,8 +274,6 @@ def pgbouncer(server_port: int, database: str, pool_size: int) -> Iterator[PgBou
 def wait_for_port(
     port: int, *, what: str, process: subprocess.Popen[bytes], timeout: float = 30
 ) -> None:
-    import socket
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -303,3 +302,90 @@ def new_email() -> str:
 
 def new_user(**fields: Any) -> dict[str, Any]:
     return {"name": "Topology Test", "email": new_email(), "age": 30, **fields}
+
+
+@dataclass
+class HAProxy:
+    """HAProxy from deploy/haproxy.cfg in front of `replica_ports`."""
+
+    root: Path
+    port: int
+    replica_ports: list[int]
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.root / "admin.sock"
+
+    def configure(self) -> None:
+        servers = {
+            f"server app{n} 10.0.0.1{n}:8000": f"server app{n} 127.0.0.1:{port}"
+            for n, port in enumerate(self.replica_ports, 1)
+        }
+        assert len(servers) == 3, "deploy/haproxy.cfg lists three replicas"
+        render(
+            DEPLOY / "haproxy.cfg",
+            {
+                "bind 0.0.0.0:8080": f"bind 127.0.0.1:{self.port}",
+                "/run/haproxy/admin.sock": str(self.socket_path),
+                **servers,
+            },
+            self.root / "haproxy.cfg",
+        )
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["haproxy", "-db", "-f", str(self.root / "haproxy.cfg")],
+            stdout=(self.root / "haproxy.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, what="HAProxy", process=self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+    def states(self) -> dict[str, str]:
+        """{server name: UP, DOWN, ...} as HAProxy's health checks see them."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as admin:
+            admin.connect(str(self.socket_path))
+            admin.sendall(b"show stat\n")
+            answer = b""
+            while chunk := admin.recv(65536):
+                answer += chunk
+        lines = answer.decode().splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+        return {
+            row["svname"]: row["status"].split()[0]
+            for row in rows
+            if row.get("pxname") == "replicas" and row["svname"] not in ("BACKEND", "FRONTEND")
+        }
+
+    def wait_until(self, server: str, state: str, timeout: float = 60) -> float:
+        """Seconds until HAProxy sees `server` in `state`."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.states().get(server) == state:
+                return time.monotonic() - started
+            time.sleep(0.05)
+        raise AssertionError(f"HAProxy never saw {server} {state}: {self.states()}")
+
+
+@contextmanager
+def haproxy(replica_ports: list[int]) -> Iterator[HAProxy]:
+    balancer = HAProxy(
+        Path(tempfile.mkdtemp(prefix="users-service-haproxy-")), free_port(), replica_ports
+    )
+    try:
+        balancer.configure()
+        balancer.start()
+        yield balancer
+    finally:
+        balancer.stop()
+        shutil.rmtree(balancer.root, ignore_errors=True)
