@@ -245,7 +245,8 @@ def test_sigkill_of_a_replica_under_creates_costs_the_python_client_nothing(
     )
     with engine.connect() as connection:
         killed = users.c.email.like("killed-%")
-        stored = Counter(row.email for row in connection.execute(select(users.c.email).where(killed)))
+        emails = connection.execute(select(users.c.email).where(killed))
+        stored = Counter(row.email for row in emails)
         total = connection.execute(
             select(func.count()).select_from(users).where(killed)
         ).scalar_one()
