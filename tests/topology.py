@@ -18,8 +18,10 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -389,3 +391,49 @@ def haproxy(replica_ports: list[int]) -> Iterator[HAProxy]:
     finally:
         balancer.stop()
         shutil.rmtree(balancer.root, ignore_errors=True)
+
+
+@dataclass
+class PlainLoad:
+    """Plain HTTP callers that never retry, looping GET, POST and PATCH on
+    one user. Each answer is kept with when it came and what was asked;
+    transport errors in `errors`."""
+
+    base_url: str
+    user_id: str
+    answers: list[tuple[float, str, httpx.Response]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, worker: int) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=60) as client:
+            turn = 0
+            while not self.stop.is_set():
+                turn += 1
+                kind = ("GET", "POST", "PATCH")[(worker + turn) % 3]
+                try:
+                    if kind == "GET":
+                        response = client.get(f"/users/{self.user_id}")
+                    elif kind == "POST":
+                        response = client.post("/users", json=new_user())
+                    else:
+                        response = client.patch(f"/users/{self.user_id}", json={"age": turn % 150})
+                except httpx.HTTPError as error:
+                    self.errors.append(f"{kind}: {error!r}")
+                    continue
+                self.answers.append((time.monotonic(), kind, response))
+
+    @contextmanager
+    def running(self, callers: int) -> Iterator[None]:
+        threads = [threading.Thread(target=self.run, args=(n,)) for n in range(callers)]
+        for thread in threads:
+            thread.start()
+        try:
+            yield
+        finally:
+            self.stop.set()
+            for thread in threads:
+                thread.join(timeout=120)
+
+    def statuses(self) -> dict[str, int]:
+        return dict(Counter(f"{kind} {r.status_code}" for _, kind, r in self.answers))

@@ -526,6 +526,23 @@ def test_delete_expired_removes_keys_older_than_24_hours_and_keeps_newer(
     assert len(stored_rows(engine, keys["fresh"])) == 1
 
 
+def claim_directly(client: TestClient, app: FastAPI, key: str) -> Claim:
+    """Claim `key` for FIRST_BODY as a request would, outside any request."""
+    assert client.portal is not None
+    claimed = client.portal.call(
+        partial(
+            claim,
+            database=app.state.database,
+            caller=ANONYMOUS,
+            endpoint=CREATE_ENDPOINT,
+            key=key,
+            request_hash=fingerprint(FIRST_BODY),
+        )
+    )
+    assert isinstance(claimed, Claim)
+    return claimed
+
+
 def test_release_frees_the_requests_own_claim_and_never_a_later_one(
     client: TestClient, app: FastAPI
 ) -> None:
@@ -533,25 +550,12 @@ def test_release_frees_the_requests_own_claim_and_never_a_later_one(
     portal = client.portal
     assert portal is not None
 
-    def claim_now(key: str) -> Claim:
-        claimed = portal.call(
-            partial(
-                claim,
-                database=database,
-                caller=ANONYMOUS,
-                endpoint=CREATE_ENDPOINT,
-                key=key,
-                request_hash=fingerprint(FIRST_BODY),
-            )
-        )
-        assert isinstance(claimed, Claim)
-        return claimed
-
     released_key, kept_key = new_key(), new_key()
-    portal.call(partial(release, database=database, claimed=claim_now(released_key)))
+    released = claim_directly(client, app, released_key)
+    portal.call(partial(release, database=database, claimed=released))
     # A later request's claim of the same key (here: one that took over a
     # claim its request never finished) survives the earlier one's release.
-    earlier = claim_now(kept_key)
+    earlier = claim_directly(client, app, kept_key)
     later = replace(earlier, claimed_at=earlier.claimed_at + timedelta(minutes=3))
     with database.engine.begin() as connection:
         connection.execute(
@@ -572,17 +576,7 @@ def test_a_request_whose_claim_was_taken_over_can_store_nothing(
     portal = client.portal
     assert portal is not None
     key = new_key()
-    first = portal.call(
-        partial(
-            claim,
-            database=database,
-            caller=ANONYMOUS,
-            endpoint=CREATE_ENDPOINT,
-            key=key,
-            request_hash=fingerprint(FIRST_BODY),
-        )
-    )
-    assert isinstance(first, Claim)
+    first = claim_directly(client, app, key)
     # Its request looks dead (no answer for longer than the in-flight
     # timeout): a retry takes the key over and creates the user.
     with database.engine.begin() as connection:

@@ -42,7 +42,7 @@ from tests.server import (
     service_env,
     wait_until_healthy,
 )
-from tests.topology import HAProxy, haproxy, new_user
+from tests.topology import HAProxy, PlainLoad, haproxy, new_user
 from users_service.models import users
 from users_service.settings import load_settings
 from users_service_client import NewUser, RetryPolicy, UsersClient
@@ -134,49 +134,14 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         replicas.stop_all()
 
 
-@dataclass
-class PlainLoad:
-    """Callers that never retry, looping GET, POST and PATCH through HAProxy;
-    anything but a 2xx is a failure."""
-
-    base_url: str
-    user_id: str
-    statuses: Counter[str] = field(default_factory=Counter)
-    failures: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self, worker: int) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=60) as client:
-            turn = 0
-            while not self.stop.is_set():
-                turn += 1
-                kind = ("GET", "POST", "PATCH")[(worker + turn) % 3]
-                try:
-                    if kind == "GET":
-                        response = client.get(f"/users/{self.user_id}")
-                    elif kind == "POST":
-                        response = client.post("/users", json=new_user())
-                    else:
-                        response = client.patch(f"/users/{self.user_id}", json={"age": turn % 150})
-                except httpx.HTTPError as error:
-                    self.failures.append(f"{kind}: {error!r}")
-                    continue
-                self.statuses[f"{kind} {response.status_code}"] += 1
-                if not response.is_success:
-                    self.failures.append(f"{kind} {response.status_code}: {response.text[:200]}")
-
-
 def test_rolling_restart_under_load_fails_no_request_of_callers_that_never_retry(
     topology: Topology,
 ) -> None:
     balancer, replicas = topology.balancer, topology.replicas
     user = httpx.post(f"{balancer.url}/users", json=new_user(), timeout=30).json()
     load = PlainLoad(balancer.url, user["id"])
-    threads = [threading.Thread(target=load.run, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
     out_for: list[float] = []
-    try:
+    with load.running(callers=6):
         time.sleep(1.0)
         for n in range(REPLICAS):
             stopped = time.monotonic()
@@ -185,19 +150,18 @@ def test_rolling_restart_under_load_fails_no_request_of_callers_that_never_retry
             balancer.wait_until(f"app{n + 1}", "UP")
             out_for.append(time.monotonic() - stopped)
         time.sleep(1.0)
-    finally:
-        load.stop.set()
-        for thread in threads:
-            thread.join(timeout=120)
 
-    answered = sum(load.statuses.values())
+    failures = load.errors + [
+        f"{kind} {r.status_code}: {r.text[:200]}" for _, kind, r in load.answers if not r.is_success
+    ]
+    answered = len(load.answers)
     print(
         f"\nrolling restart of {REPLICAS} replicas under load: {answered} requests "
-        f"{dict(load.statuses)}, failed {len(load.failures)}; each replica out for "
+        f"{load.statuses()}, failed {len(failures)}; each replica out for "
         + ", ".join(f"{seconds:.1f}" for seconds in out_for)
         + " s"
     )
-    assert load.failures == []
+    assert failures == []
     assert answered > 100  # the load ran throughout
     assert "unhandled error" not in replicas.logs()
 

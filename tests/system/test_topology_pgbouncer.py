@@ -16,13 +16,12 @@ run), startup options (PgBouncer 1.18 refuses them), session `SET`s.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -33,7 +32,7 @@ from sqlalchemy.engine import make_url
 from tests.databases import configured_urls, create_fresh_database, migrate
 from tests.helpers import race
 from tests.server import RunningServer, running_server
-from tests.topology import PgBouncer, assert_unavailable, new_user, pgbouncer
+from tests.topology import PgBouncer, PlainLoad, assert_unavailable, new_user, pgbouncer
 from users_service.api.problems import STATEMENT_TIMEOUT_DETAIL
 from users_service.settings import load_settings
 
@@ -200,70 +199,33 @@ def test_every_route_behaves_through_pgbouncer_in_transaction_mode(
         assert plain_client.get("/readyz").status_code == 503
 
 
-@dataclass
-class Load:
-    """Plain callers (no retries) looping GET, POST and PATCH, recording
-    (when, status, response) of every answer."""
-
-    base_url: str
-    user_id: str
-    answers: list[tuple[float, httpx.Response]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self, worker: int) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=30) as client:
-            turn = 0
-            while not self.stop.is_set():
-                turn += 1
-                kind = (worker + turn) % 3
-                try:
-                    if kind == 0:
-                        response = client.get(f"/users/{self.user_id}")
-                    elif kind == 1:
-                        response = client.post("/users", json=new_user())
-                    else:
-                        response = client.patch(f"/users/{self.user_id}", json={"age": turn % 150})
-                except httpx.HTTPError as error:
-                    self.errors.append(repr(error))
-                    continue
-                self.answers.append((time.monotonic(), response))
-
-
 def test_pgbouncer_restarted_under_load_gives_503_then_recovers_never_500(
     topology: Topology,
 ) -> None:
     base = topology.server.base_url
     user = httpx.post(f"{base}/users", json=new_user(), timeout=30).json()
-    load = Load(base, user["id"])
-    workers = [threading.Thread(target=load.run, args=(n,)) for n in range(4)]
-    for worker in workers:
-        worker.start()
-    try:
+    load = PlainLoad(base, user["id"])
+    with load.running(callers=4):
         time.sleep(1.5)
         stopped_at = time.monotonic()
         topology.bouncer.stop()
         time.sleep(1.5)
         topology.bouncer.start()
         started_at = time.monotonic()
-        # Long enough after the restart for every worker to be served again.
+        # Long enough after the restart for every caller to be served again.
         time.sleep(4)
-    finally:
-        load.stop.set()
-        for worker in workers:
-            worker.join(timeout=60)
 
-    statuses = Counter(response.status_code for _, response in load.answers)
-    unavailable = [(at, r) for at, r in load.answers if r.status_code == 503]
+    statuses = Counter(response.status_code for _, _, response in load.answers)
+    unavailable = [(at, r) for at, _, r in load.answers if r.status_code == 503]
     for _, response in unavailable:
         assert_unavailable(response)
     assert load.errors == []
     assert set(statuses) <= {200, 201, 503}, statuses
     assert unavailable, "PgBouncer was down 1.5 s under load: some request must have seen it"
-    after = [r.status_code for at, r in load.answers if at > started_at + 1.0]
+    after = [r.status_code for at, _, r in load.answers if at > started_at + 1.0]
     assert after and set(after) <= {200, 201}, Counter(after)
     first_ok = min(
-        (at for at, r in load.answers if at > started_at and r.status_code < 500),
+        (at for at, _, r in load.answers if at > started_at and r.status_code < 500),
         default=None,
     )
     assert first_ok is not None
