@@ -85,10 +85,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def running_server(
-    database_url: str, log_path: Path, extra_env: Mapping[str, str] | None = None
+    database_url: str,
+    log_path: Path,
+    extra_env: Mapping[str, str] | None = None,
+    port: int | None = None,
 ) -> Iterator[RunningServer]:
-    """The service on a free port of 127.0.0.1, healthy; killed on exit if still running."""
-    port = free_port()
+    """The service on `port` (else a free one) of 127.0.0.1, healthy; killed
+    on exit if still running."""
+    port = port or free_port()
     env = service_env(
         DATABASE_URL=database_url,
         HOST="127.0.0.1",

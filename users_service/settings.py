@@ -48,6 +48,15 @@ class LogLevel(StrEnum):
     ERROR = "ERROR"
 
 
+class DbPooler(StrEnum):
+    """What sits between the service and PostgreSQL."""
+
+    none = "none"
+    # A transaction-mode pooler (PgBouncer's pool_mode=transaction): each
+    # transaction may run on another server connection.
+    transaction = "transaction"
+
+
 class SqliteSynchronous(StrEnum):
     NORMAL = "NORMAL"
     FULL = "FULL"
@@ -149,6 +158,11 @@ class Settings(BaseSettings):
     # database cancels it, and a SQLite read that may scan before it is
     # interrupted (the request answers 503); 0 turns the limit off.
     db_statement_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 10_000
+    # `transaction`: a transaction-mode pooler (PgBouncer) sits in front of
+    # PostgreSQL, so nothing may outlive a transaction: no server-side
+    # prepared statements, no startup options; the statement timeout and
+    # the time zone are set in each transaction (db/postgresql.py).
+    db_pooler: DbPooler = DbPooler.none
     # Reads that may scan many rows (a name substring, a count, a filter on
     # another column than the sort's) running at once per process, off the
     # event loop; more wait for a turn (up to DB_POOL_TIMEOUT_SECONDS, then 503).
@@ -160,6 +174,12 @@ class Settings(BaseSettings):
     # Requests one caller may have in flight at once per process; beyond
     # that, 429 rate_limited. 0 turns the cap off.
     max_requests_in_flight_per_caller: Annotated[int, Field(ge=0, le=100_000)] = 100
+
+    # A claimed Idempotency-Key whose request has not answered after this
+    # long is taken over by a retry (its process likely died); if that
+    # request does answer after all, its write is rolled back and it
+    # answers 409 idempotency_key_in_use: one user per key either way.
+    idempotency_in_flight_timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = 120.0
 
     sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.FULL
     sqlite_busy_timeout_ms: Annotated[int, Field(ge=0, le=600_000)] = 10_000
@@ -289,7 +309,7 @@ def database_url_of(database_url: str) -> URL:
     unencoded character in the password, they would show part of it.
     """
     try:
-        url = make_url(database_url)
+        url = make_url(_libpq_hosts_as_query(database_url))
     except (ArgumentError, ValueError):
         raise ValueError(
             "DATABASE_URL is not a database URL of the form "
@@ -357,6 +377,25 @@ def read_secret_files(data: Any) -> tuple[Any, list[str]]:
 def cursor_secrets_of(cursor_secret: str) -> list[str]:
     """`new,old`: comma-separated secrets, surrounding whitespace dropped."""
     return [secret for secret in (part.strip() for part in cursor_secret.split(",")) if secret]
+
+
+_MULTI_HOST = re.compile(r"^(postgres(?:ql)?(?:\+\w+)?://)([^@/?#]*@)?([^/?#]*,[^/?#]*)(.*)$", re.S)
+
+
+def _libpq_hosts_as_query(database_url: str) -> str:
+    """libpq's multi-host form, `postgresql://u@h1:5432,h2:5432/db?...`, as
+    SQLAlchemy spells it, `postgresql://u@/db?host=h1:5432&host=h2:5432&...`
+    (its psycopg dialect hands libpq `host=h1,h2 port=5432,5432`, and libpq
+    tries them in turn: with `target_session_attrs=read-write`, the primary)."""
+    match = _MULTI_HOST.match(database_url)
+    if match is None:
+        return database_url
+    scheme, credentials, hosts, rest = match.groups()
+    path, _, query = rest.partition("?")
+    listed = "&".join(f"host={host.strip()}" for host in hosts.split(","))
+    if not all(host.strip() for host in hosts.split(",")):
+        raise ValueError("an empty host in a list")
+    return f"{scheme}{credentials or ''}{path or '/'}?{listed}{'&' if query else ''}{query}"
 
 
 def deployment_problems(

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import create_engine
 
+from users_service.db.engine import postgresql_connect_args, transaction_settings
 from users_service.settings import (
     DEVELOPMENT_CURSOR_SECRET,
     MIN_PRODUCTION_KEY_LENGTH,
@@ -416,3 +418,46 @@ def test_unreadable_or_empty_secret_files_are_all_named_never_their_contents(
     assert "CURSOR_SECRET_FILE" in message and "is empty" in message
     assert "DATABASE_URL_FILE" in message and "No such file" in message
     assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    [
+        "postgresql://u:p%40ss@db1.internal:5432,db2.internal:5433/users"
+        "?target_session_attrs=read-write",
+        "postgresql+psycopg://u:p%40ss@db1.internal:5432,db2.internal:5433/users"
+        "?target_session_attrs=read-write",
+    ],
+)
+def test_a_list_of_postgresql_hosts_reaches_libpq_as_a_list(database_url: str) -> None:
+    url = load_settings(database_url=database_url).sqlalchemy_url
+    _, libpq = create_engine(url).dialect.create_connect_args(url)
+
+    assert url.drivername == "postgresql+psycopg"
+    assert (libpq["host"], libpq["port"]) == ("db1.internal,db2.internal", "5432,5433")
+    assert (libpq["user"], libpq["password"], libpq["dbname"]) == ("u", "p@ss", "users")
+    assert libpq["target_session_attrs"] == "read-write"
+
+
+def test_a_host_list_with_an_empty_host_is_refused_without_quoting_the_url() -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(database_url="postgresql://u:secret@db1:5432,/users")
+
+    assert "DATABASE_URL" in str(refused.value) and "secret" not in str(refused.value)
+
+
+def test_behind_a_transaction_pooler_no_startup_options_and_no_prepared_statements() -> None:
+    pooled = load_settings(
+        database_url="postgresql://u@h/db", db_pooler="transaction", db_statement_timeout_ms=1500
+    )
+    direct = load_settings(database_url="postgresql://u@h/db", db_statement_timeout_ms=1500)
+
+    assert "options" not in postgresql_connect_args(pooled, None, "-c TimeZone=UTC")
+    assert postgresql_connect_args(pooled, None)["prepare_threshold"] is None
+    assert transaction_settings(pooled) == (
+        "BEGIN; SET LOCAL TimeZone = 'UTC'; SET LOCAL statement_timeout = 1500"
+    )
+    assert postgresql_connect_args(direct, None, "-c TimeZone=UTC")["options"] == (
+        "-c statement_timeout=1500 -c TimeZone=UTC"
+    )
+    assert "prepare_threshold" not in postgresql_connect_args(direct, None)

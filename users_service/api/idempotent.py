@@ -11,7 +11,9 @@ it commit together; other answers are stored here, after the fact.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from contextlib import suppress
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
@@ -22,6 +24,7 @@ from starlette.responses import Response
 from users_service import idempotency
 from users_service.api.problems import error_response
 from users_service.db.database import Connection, Database
+from users_service.errors import IdempotencyKeyInUse
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -96,12 +99,16 @@ def flow(
         if errors:
             raise RequestValidationError(errors)
         database: Database = request.app.state.database
+        in_flight_timeout = timedelta(
+            seconds=request.app.state.settings.idempotency_in_flight_timeout_seconds
+        )
         outcome = await idempotency.claim(
             database=database,
             caller=request.state.caller,
             endpoint=endpoint,
             key=key,
             request_hash=idempotency.fingerprint(await request.body()),
+            in_flight_timeout=in_flight_timeout,
         )
         if isinstance(outcome, idempotency.StoredAnswer):
             return replay(outcome)
@@ -117,9 +124,11 @@ def flow(
         if response.status_code >= 500:
             await idempotency.release(database=database, claimed=outcome)
         elif not outcome.saved:
-            await idempotency.save_answer_now(
-                database=database, claimed=outcome, answer=answer_of(response)
-            )
+            # IdempotencyKeyInUse: a retry took the claim over; its answer is kept.
+            with suppress(IdempotencyKeyInUse):
+                await idempotency.save_answer_now(
+                    database=database, claimed=outcome, answer=answer_of(response)
+                )
         return response
 
     return handle

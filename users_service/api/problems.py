@@ -77,6 +77,9 @@ HEADERS: dict[ErrorCode, dict[str, str]] = {
     ErrorCode.UNAUTHORIZED: {"WWW-Authenticate": "Bearer"},
     ErrorCode.SERVICE_UNAVAILABLE: {"Retry-After": str(RETRY_AFTER_SECONDS)},
     ErrorCode.RATE_LIMITED: {"Retry-After": "1"},
+    # The first request with the key is still running (or its process died:
+    # see IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS); ask again in a second.
+    ErrorCode.IDEMPOTENCY_KEY_IN_USE: {"Retry-After": "1"},
 }
 
 
