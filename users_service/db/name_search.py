@@ -1,0 +1,109 @@
+"""The index behind the `name` substring filter, on each database.
+
+The filter means `LOWER(name) LIKE '%<the query, lower-cased>%'`, the plain
+scan (crud.py); an index only narrows the rows the database tests, and the
+same condition is applied to what it finds, so a search with the index
+returns exactly what the scan returns.
+
+- PostgreSQL: the GIN `pg_trgm` index on `lower(name)`
+  (`ix_users_name_trgm`), chosen by the planner itself.
+- SQLite: `users_name_fts`, an FTS5 table with the `trigram` tokenizer over
+  `users.name` (same rowids). FTS5 folds case per code point, and so finds
+  every name in which the query occurs as the plain scan sees it (SQLite's
+  LIKE ignores ASCII case, its lower() changes nothing else).
+- MariaDB/MySQL: `user_name_trigrams`, a user's distinct trigrams of
+  `LOWER(name)` computed by the database (triggers): a user whose lowered
+  name contains the query has every trigram of the query.
+
+Trigrams need three characters: shorter queries are served differently
+(crud.list_users, docs/api.md).
+
+Both tables are made by the migration 51e32271d567 and kept in step by
+triggers on users; they are not part of models.py's metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Integer,
+    MetaData,
+    Select,
+    String,
+    Table,
+    bindparam,
+    literal_column,
+    select,
+)
+
+from users_service.models import users
+
+# Fewer characters than this in a name query: no trigram to look up.
+TRIGRAM = 3
+# At most this many trigrams of a long query are looked up on MariaDB: the
+# rarest of them decides the cost, and the LIKE test checks the rest.
+MYSQL_TRIGRAMS_USED = 6
+
+_tables = MetaData()
+users_name_fts = Table("users_name_fts", _tables, Column("rowid", Integer), Column("name", String))
+user_name_trigrams = Table(
+    "user_name_trigrams", _tables, Column("trigram", String(3)), Column("user_id", String(32))
+)
+
+
+def has_index(dialect: str) -> bool:
+    return dialect in ("sqlite", "mysql", "mariadb")
+
+
+def is_short(name: str) -> bool:
+    """Whether a name query is too short for trigrams."""
+    return len(name) < TRIGRAM
+
+
+def _trigrams(pattern: str) -> list[str]:
+    """Distinct trigrams of `pattern`, at most MYSQL_TRIGRAMS_USED of them,
+    spread from its start to its end."""
+    every = list(dict.fromkeys(pattern[i : i + TRIGRAM] for i in range(len(pattern) - 2)))
+    if len(every) <= MYSQL_TRIGRAMS_USED:
+        return every
+    last = len(every) - 1
+    step = last / (MYSQL_TRIGRAMS_USED - 1)
+    return [every[round(i * step)] for i in range(MYSQL_TRIGRAMS_USED)]
+
+
+def search_values(dialect: str, name: str) -> dict[str, str]:
+    """The values of `candidates` for a name query of TRIGRAM characters or more."""
+    lowered = name.lower()
+    if dialect == "sqlite":
+        # One FTS5 phrase: the lowered query as a string, quotes doubled.
+        return {"name_phrase": '"' + lowered.replace('"', '""') + '"'}
+    return {f"name_trigram_{i}": trigram for i, trigram in enumerate(_trigrams(lowered))}
+
+
+def candidates(dialect: str, values: dict[str, Any]) -> ColumnElement[bool]:
+    """The users the index finds for `search_values`' values (a superset of
+    the matches: the LIKE test still applies)."""
+    if dialect == "sqlite":
+        found: Select[Any] = select(users_name_fts.c.rowid).where(
+            users_name_fts.c.name.op("MATCH")(bindparam("name_phrase", type_=String))
+        )
+        return literal_column("users.rowid").in_(found)
+    count = sum(1 for key in values if key.startswith("name_trigram_"))
+    tables = [user_name_trigrams.alias(f"t{i}") for i in range(count)]
+    first = tables[0]
+    joined: Any = first
+    for i, table in enumerate(tables[1:], start=1):
+        joined = joined.join(
+            table,
+            (table.c.user_id == first.c.user_id)
+            & (table.c.trigram == bindparam(f"name_trigram_{i}", type_=String)),
+        )
+    found = (
+        select(first.c.user_id)
+        .select_from(joined)
+        .where(first.c.trigram == bindparam("name_trigram_0", type_=String))
+    )
+    return users.c.id.in_(found)
