@@ -328,7 +328,11 @@ class UserListQuery(SQLModel):
     name: str | None = Field(
         default=None,
         max_length=NAME_MAX_LENGTH,
-        description="Case-insensitive substring of the name; % and _ are plain characters.",
+        description=(
+            "Case-insensitive substring of the name; % and _ are plain characters. "
+            "With one or two characters a page may hold fewer than limit users, "
+            "even none, and still have a next_cursor."
+        ),
     )
     min_age: int | None = Field(default=None, ge=AGE_MIN, le=AGE_MAX)
     max_age: int | None = Field(default=None, ge=AGE_MIN, le=AGE_MAX)
