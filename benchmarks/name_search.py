@@ -8,7 +8,7 @@ query with wrk and one connection: names that match many users, a few, or
 none, from one character to 200.
 
     BENCH_NAME_SEARCH_URLS=sqlite:///./users.db python -m benchmarks.name_search
-    BENCH_SECONDS=3 BENCH_NAME_SEARCH_URLS=postgresql://...,mariadb://... python -m benchmarks.name_search
+    BENCH_NAME_SEARCH_URLS=postgresql://...,mariadb://... python -m benchmarks.name_search
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def measure(base_url: str, seconds: float) -> list[str]:
         run_wrk(base_url + path, connections=1, seconds=1)  # warm caches
         result = run_wrk(base_url + path, connections=1, seconds=seconds)
         if result.non_2xx or result.socket_errors:
-            raise RuntimeError(f"{query!r}: {result.non_2xx} non-2xx, {result.socket_errors} errors")
+            failed = f"{result.non_2xx} non-2xx, {result.socket_errors} errors"
+            raise RuntimeError(f"{query!r}: {failed}")
         shown = query if len(query) <= 16 else f"{query[:13]}..."
         lines.append(
             f"| {matches} | {length} | `{shown}` | {result.p50_ms:.2f} / {result.p99_ms:.2f} |"

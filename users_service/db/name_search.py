@@ -24,6 +24,7 @@ triggers on users; they are not part of models.py's metadata.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -83,15 +84,15 @@ def search_values(dialect: str, name: str) -> dict[str, str]:
     return {f"name_trigram_{i}": trigram for i, trigram in enumerate(_trigrams(lowered))}
 
 
-def candidates(dialect: str, values: dict[str, Any]) -> ColumnElement[bool]:
-    """The users the index finds for `search_values`' values (a superset of
-    the matches: the LIKE test still applies)."""
+def candidates(dialect: str, names: Sequence[str]) -> ColumnElement[bool]:
+    """The users the index finds for the values `search_values` gave, by
+    their `names` (a superset of the matches: the LIKE test still applies)."""
     if dialect == "sqlite":
         found: Select[Any] = select(users_name_fts.c.rowid).where(
             users_name_fts.c.name.op("MATCH")(bindparam("name_phrase", type_=String))
         )
         return literal_column("users.rowid").in_(found)
-    count = sum(1 for key in values if key.startswith("name_trigram_"))
+    count = sum(1 for name in names if name.startswith("name_trigram_"))
     tables = [user_name_trigrams.alias(f"t{i}") for i in range(count)]
     first = tables[0]
     joined: Any = first
