@@ -474,7 +474,8 @@ async def _window_end(
         ("window_end", str(order), after is not None),
         lambda: window_end_statement(order, after=after is not None, dialect=dialect),
     )
-    row = await connection.one(
-        statement, {**page_values({}, 0, after), "window_skip": WINDOW_ROWS - 1}
-    )
+    values: dict[str, Any] = {"window_skip": WINDOW_ROWS - 1}
+    if after is not None:
+        values["after_value"], values["after_id"] = after
+    row = await connection.one(statement, values)
     return None if row is None else typed_key(orjson.loads(row[0]), order)
