@@ -315,11 +315,12 @@ def page_statement(
     return statement.order_by(*order.order_by()).limit(bindparam("limit", type_=Integer))
 
 
-# A name query is first tried on the next WINDOW_ROWS users in the page's
-# order (after the cursor): when matches are common the page fills there,
-# cheaper than reading every match from the index. Measured at a million
-# users in docs/performance.md ("Name search").
-WINDOW_ROWS = 5000
+# A name query is first tried on the users that follow the cursor in the
+# page's order, a window at a time (a small one, then a larger one): when
+# matches are common the page fills there, cheaper than reading every
+# match from the index. Measured at a million users in docs/performance.md
+# ("Name search").
+WINDOWS = (1_000, 4_000)
 
 
 def window_end_statement(order: SortOrder, *, after: bool, dialect: str) -> Select[Any]:
@@ -391,7 +392,7 @@ async def list_users(
     """One page in `order`, starting after the key `after`, and (when asked)
     how many users match the filters.
 
-    A name query reads at most WINDOW_ROWS users in the page's order first;
+    A name query reads at most sum(WINDOWS) users in the page's order first;
     when the page is not full there, a query of three characters or more
     asks the name index (SQLite, MariaDB; PostgreSQL's planner uses pg_trgm
     by itself), and a shorter one, which no trigram serves, ends the page at
@@ -408,9 +409,16 @@ async def list_users(
     if name is None or not (search or name_search.is_short(name)):
         rows = await _page(connection, values, order, after, query.limit)
     else:
-        end = await _window_end(connection, order, after)
-        rows = await _page(connection, values, order, after, query.limit, until=end)
-        if end is not None and len(rows) <= query.limit:
+        rows = []
+        start = after
+        for size in WINDOWS:
+            end = await _window_end(connection, order, start, size)
+            wanted = query.limit - len(rows)
+            rows += await _page(connection, values, order, start, wanted, until=end)
+            if end is None or len(rows) > query.limit:
+                break
+            start = end
+        else:
             if search:
                 rows = await _page(connection, values, order, after, query.limit, search=search)
             else:
@@ -464,17 +472,17 @@ async def _page(
 
 
 async def _window_end(
-    connection: Connection, order: SortOrder, after: tuple[Any, uuid.UUID] | None
+    connection: Connection, order: SortOrder, after: tuple[Any, uuid.UUID] | None, size: int
 ) -> tuple[Any, uuid.UUID] | None:
-    """The key of the last user of the window after `after`; None when fewer
-    than WINDOW_ROWS users follow it (the window reaches the end)."""
+    """The key of the last of the `size` users after `after`; None when
+    fewer follow it (the window reaches the end)."""
     dialect = connection.dialect.name
     statement = compiled(
         connection,
         ("window_end", str(order), after is not None),
         lambda: window_end_statement(order, after=after is not None, dialect=dialect),
     )
-    values: dict[str, Any] = {"window_skip": WINDOW_ROWS - 1}
+    values: dict[str, Any] = {"window_skip": size - 1}
     if after is not None:
         values["after_value"], values["after_id"] = after
     row = await connection.one(statement, values)

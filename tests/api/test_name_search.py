@@ -39,7 +39,7 @@ SORTS = ("created_at", "-name", "age")
 
 @pytest.fixture
 def tiny_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(crud, "WINDOW_ROWS", 25)
+    monkeypatch.setattr(crud, "WINDOWS", (4, 21))
 
 
 def random_text(rng: random.Random, length: int) -> str:
