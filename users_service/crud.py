@@ -299,7 +299,7 @@ def page_statement(
     `search`: the name index's values (name_search.search_values) too."""
     statement = select(user_json(dialect)).where(*_conditions(filters))
     if search:
-        statement = statement.where(name_search.candidates(dialect, search))
+        statement = name_search.restrict(statement, dialect, search)
     if after:
         key = (
             bindparam("after_value", type_=users.c[order.field].type),
@@ -368,7 +368,7 @@ def count_statement(
 ) -> Select[Any]:
     statement = select(func.count()).select_from(users).where(*_conditions(filters))
     if search:
-        statement = statement.where(name_search.candidates(dialect, search))
+        statement = name_search.restrict(statement, dialect, search)
     return statement
 
 

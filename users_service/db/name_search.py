@@ -8,13 +8,15 @@ returns exactly what the scan returns.
 - PostgreSQL: the GIN `pg_trgm` index on `lower(name)`
   (`ix_users_name_trgm`), chosen by the planner itself.
 - SQLite: `users_name_fts`, an FTS5 table with the `trigram` tokenizer over
-  `users.name` (same rowids), asked for the names holding the query's
-  first and last trigrams. FTS5 folds case per code point, and so finds
+  `users.name` (same rowids). FTS5 folds case per code point, and so finds
   every name in which the query occurs as the plain scan sees it (SQLite's
   LIKE ignores ASCII case, its lower() changes nothing else).
 - MariaDB/MySQL: `user_name_trigrams`, a user's distinct trigrams of
   `LOWER(name)` computed by the database (triggers): a user whose lowered
   name contains the query has every trigram of the query.
+
+Both are asked for the users holding the query's first and last trigrams
+(`search_values`).
 
 Trigrams need three characters: shorter queries are served differently
 (crud.list_users, docs/api.md).
@@ -30,7 +32,6 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
-    ColumnElement,
     Integer,
     MetaData,
     Select,
@@ -45,9 +46,6 @@ from users_service.models import users
 
 # Fewer characters than this in a name query: no trigram to look up.
 TRIGRAM = 3
-# At most this many trigrams of a long query are looked up on MariaDB: the
-# rarest of them decides the cost, and the LIKE test checks the rest.
-MYSQL_TRIGRAMS_USED = 6
 
 _tables = MetaData()
 users_name_fts = Table("users_name_fts", _tables, Column("rowid", Integer), Column("name", String))
@@ -65,38 +63,34 @@ def is_short(name: str) -> bool:
     return len(name) < TRIGRAM
 
 
-def _trigrams(pattern: str) -> list[str]:
-    """Distinct trigrams of `pattern`, at most MYSQL_TRIGRAMS_USED of them,
-    spread from its start to its end."""
-    every = list(dict.fromkeys(pattern[i : i + TRIGRAM] for i in range(len(pattern) - 2)))
-    if len(every) <= MYSQL_TRIGRAMS_USED:
-        return every
-    last = len(every) - 1
-    step = last / (MYSQL_TRIGRAMS_USED - 1)
-    return [every[round(i * step)] for i in range(MYSQL_TRIGRAMS_USED)]
-
-
 def search_values(dialect: str, name: str) -> dict[str, str]:
-    """The values of `candidates` for a name query of TRIGRAM characters or more."""
+    """The values of `restrict` for a name query of TRIGRAM characters or
+    more: the lowered query's first and last trigrams. Reading the users
+    that hold both is far cheaper than reading every trigram's users (or,
+    on SQLite, the whole query as a phrase, with every position), and the
+    LIKE test removes those that hold both but not the query. Measured at a
+    million users: docs/performance.md, "Name search"."""
     lowered = name.lower()
+    ends = list(dict.fromkeys((lowered[:TRIGRAM], lowered[-TRIGRAM:])))
     if dialect == "sqlite":
-        # The query's first and last trigrams, both present: FTS5 reads each
-        # one's list of rows, far cheaper than the whole query as a phrase
-        # (which also reads every position of every trigram), and the LIKE
-        # test removes the names that have both but not the query.
-        ends = dict.fromkeys((lowered[:TRIGRAM], lowered[-TRIGRAM:]))
+        # FTS5 query: each trigram as a string (quotes doubled), both present.
         return {"name_phrase": " AND ".join('"' + end.replace('"', '""') + '"' for end in ends)}
-    return {f"name_trigram_{i}": trigram for i, trigram in enumerate(_trigrams(lowered))}
+    return {f"name_trigram_{i}": trigram for i, trigram in enumerate(ends)}
 
 
-def candidates(dialect: str, names: Sequence[str]) -> ColumnElement[bool]:
-    """The users the index finds for the values `search_values` gave, by
-    their `names` (a superset of the matches: the LIKE test still applies)."""
+def restrict(statement: Select[Any], dialect: str, names: Sequence[str]) -> Select[Any]:
+    """`statement` (on users) limited to the users the index finds for the
+    values `search_values` gave, by their `names`: a superset of the
+    matches, which the statement's own LIKE test then checks."""
     if dialect == "sqlite":
         found: Select[Any] = select(users_name_fts.c.rowid).where(
             users_name_fts.c.name.op("MATCH")(bindparam("name_phrase", type_=String))
         )
-        return literal_column("users.rowid").in_(found)
+        return statement.where(literal_column("users.rowid").in_(found))
+    # The users holding every trigram looked up, as a derived table that
+    # MariaDB must compute first (DISTINCT keeps it from being merged,
+    # STRAIGHT_JOIN from reading users before it): left to itself the
+    # optimizer may look a user up for every row of the first trigram.
     count = sum(1 for name in names if name.startswith("name_trigram_"))
     tables = [user_name_trigrams.alias(f"t{i}") for i in range(count)]
     first = tables[0]
@@ -107,9 +101,13 @@ def candidates(dialect: str, names: Sequence[str]) -> ColumnElement[bool]:
             (table.c.user_id == first.c.user_id)
             & (table.c.trigram == bindparam(f"name_trigram_{i}", type_=String)),
         )
-    found = (
+    holders = (
         select(first.c.user_id)
         .select_from(joined)
         .where(first.c.trigram == bindparam("name_trigram_0", type_=String))
+        .distinct()
+        .subquery("holders")
     )
-    return users.c.id.in_(found)
+    return statement.select_from(holders.join(users, users.c.id == holders.c.user_id)).prefix_with(
+        "STRAIGHT_JOIN"
+    )
