@@ -408,6 +408,8 @@ async def list_users(
     resume_after = None
     if name is None or not (search or name_search.is_short(name)):
         rows = await _page(connection, values, order, after, query.limit)
+    elif search and await _has_rare_trigram(connection, search):
+        rows = await _page(connection, values, order, after, query.limit, search=search)
     else:
         rows = []
         start = after
@@ -469,6 +471,20 @@ async def _page(
     if until is not None:
         params["until_value"], params["until_id"] = until
     return await connection.all(statement, params)
+
+
+async def _has_rare_trigram(connection: Connection, search: Mapping[str, Any]) -> bool:
+    """MariaDB: whether one of the query's trigrams is rare enough that the
+    index is the cheaper way (name_search.RARE_TRIGRAM_USERS)."""
+    if connection.dialect.name not in ("mysql", "mariadb"):
+        return False
+    statement = compiled(connection, "rare_trigram", name_search.rare_statement)
+    cap = name_search.RARE_TRIGRAM_USERS
+    for trigram in search.values():
+        row = await connection.one(statement, {"trigram": trigram, "cap": cap + 1})
+        if row is not None and row[0] <= cap:
+            return True
+    return False
 
 
 async def _window_end(
