@@ -171,5 +171,7 @@ def test_every_write_keeps_the_name_index_in_step(client, app, tiny_window, tmp_
     assert summary.imported == 2
     check("turing", "thompson")
     seed_users(engine, 30, progress=False)
-    check("lovelace", "rossum", "hopper", "an")
-    assert len(searched(client, "an")) > 3
+    check("lovelace", "rossum", "hopper", "an", "a")
+    # About 23 of the 30 seeded names hold an "a" (at most 10 once in ten
+    # million runs): the short query's windows compared more than a few.
+    assert len(searched(client, "a")) > 10
