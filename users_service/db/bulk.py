@@ -9,7 +9,8 @@ empty to its planner: `min_age=60&max_age=90` took 600-790 ms at a million
 users instead of 2 ms).
 
 SQLite, seeding into an empty database (measured on this machine, 2 cores
-loaded by other work, so read the seconds loosely; bytes are `write_bytes`
+loaded by other work, the load average 7-12 for the first six rows, so
+read the seconds loosely; bytes are `write_bytes`
 of /proc/self/io; the file is 406 MB for a million users, 383 MB with the
 indexes rebuilt):
 
@@ -21,6 +22,8 @@ indexes rebuilt):
 | 1M | one transaction, 256 MiB cache (spills into the WAL) | 85 | 968 MB | 2.38 |
 | 1M | one transaction, 1 GiB cache | 93-101 | 816 MB | 2.01 |
 | 1M | one transaction, 1 GiB, indexes dropped and rebuilt | 76 | 770 MB | 2.01 |
+| 1M | the same, `synchronous=NORMAL`: `seed` as it is (load average 3.7) | 31.8 | 807 MB | 2.01 |
+| 1M | `import` as it is (the unique indexes kept; its temporary table) | 79.7 | 1,090 MB | 2.68 |
 
 The seeder's batches were no transactions at all (SQLite's driver runs in
 autocommit mode here unless a transaction is marked as writing), so every
