@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from benchmarks.databases import analyze, backends, fresh_database
+from benchmarks.databases import backends, fresh_database
 from users_service.main import create_app
 from users_service.models import User
 from users_service.seed import seed_users
@@ -137,7 +137,6 @@ def main() -> int:
         for backend in backends():
             url, engine = fresh_database(backend, Path(work_dir))
             seed_users(engine, SEEDED, progress=False)
-            analyze(engine)
             with engine.connect() as connection:
                 ids = [str(i) for i in connection.execute(select(users.c.id).limit(5000)).scalars()]
             engine.dispose()

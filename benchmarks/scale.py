@@ -1,10 +1,12 @@
 """Scale benchmark: does listing stay flat from 10k to 1M users?
 
 For each database, seeds 10k, then 100k, then 1M users (adding to the same
-table), serves the service as a real process after each step, and measures
-each listing request with wrk and one connection (one client, back to
-back): p50 and p99, and the growth of p50 from the smallest to the largest
-table, the reference measured in the same run.
+table; each load's time and bytes written, this process's and the database
+server's, beside the table's size), serves the service as a real process
+right after each load (no ANALYZE of its own: the seed refreshes the
+statistics), and measures each listing request with wrk and one connection
+(one client, back to back): p50 and p99, and the growth of p50 from the
+smallest to the largest table, the reference measured in the same run.
 
     make bench-scale                          # SQLite and PostgreSQL
     BENCH_DATABASES=sqlite,postgresql,mariadb make bench-scale
@@ -20,12 +22,19 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 
-from benchmarks.databases import analyze, backends, fresh_database
+from benchmarks.databases import (
+    backends,
+    database_size,
+    fresh_database,
+    process_bytes_written,
+    server_bytes_written,
+)
 from benchmarks.wrk import WrkResult, require_wrk, run_wrk
 from tests.server import running_server
 from users_service.seed import seed_users
@@ -47,6 +56,7 @@ INDEXED = (
 )
 # Requests that read more than a page by nature.
 UNINDEXED = (
+    ("age 60-90, default order", "/users?limit=50&min_age=60&max_age=90"),
     ("name substring", "/users?limit=50&name=ovela"),
     ("name substring, no match", "/users?limit=50&name=zqxj"),
     # Name search (issue 13): many (17%), a few (0.3%), none; 1 and 200 characters.
@@ -85,19 +95,33 @@ def measure(base_url: str, path: str, seconds: float) -> WrkResult:
     return result
 
 
-def bench_database(backend: str, sizes: list[int], seconds: float, work: Path) -> Results:
+@dataclass
+class Load:
+    users: int  # in the table after the load
+    added: int
+    seconds: float
+    written: int  # bytes: this process's and the database server's
+    table: int  # bytes the users table takes (SQLite: the file)
+
+
+def bench_database(
+    backend: str, sizes: list[int], seconds: float, work: Path
+) -> tuple[Results, list[Load]]:
     url, engine = fresh_database(backend, work)
     results: Results = {}
+    loads: list[Load] = []
     seeded = 0
     for size in sizes:
+        # Right after the load: no ANALYZE here, seed refreshes the statistics itself.
+        written = process_bytes_written() + server_bytes_written(engine)
         started = time.perf_counter()
         seed_users(engine, size - seeded, progress=sys.stderr.isatty())
+        elapsed = time.perf_counter() - started
+        engine.dispose()  # PostgreSQL counts a session's WAL when it ends
+        written = process_bytes_written() + server_bytes_written(engine) - written
+        loads.append(Load(size, size - seeded, elapsed, written, database_size(engine)))
         seeded = size
-        analyze(engine)
-        print(
-            f"{backend}: {size:,} users seeded ({time.perf_counter() - started:.1f} s)",
-            file=sys.stderr,
-        )
+        print(f"{backend}: {size:,} users seeded ({elapsed:.1f} s)", file=sys.stderr)
         # No statement limit: the benchmark measures the queries, however slow.
         env = {"LOG_LEVEL": "WARNING", "DB_STATEMENT_TIMEOUT_MS": "0"}
         with running_server(url, work / f"server-{backend}-{size}.log", env) as server:
@@ -108,7 +132,28 @@ def bench_database(backend: str, sizes: list[int], seconds: float, work: Path) -
                 assert path is not None
                 results.setdefault(name, {})[size] = measure(server.base_url, path, seconds)
     engine.dispose()
-    return results
+    return results, loads
+
+
+def report_loads(backend: str, loads: list[Load]) -> str:
+    lines = [
+        f"### {backend}: seeding",
+        "",
+        "| users after | added | seconds | users/s | written MB | users table MB"
+        " | written / table growth |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    table_before = 0
+    for load in loads:
+        growth = max(load.table - table_before, 1)
+        rate = load.added / load.seconds
+        lines.append(
+            f"| {load.users:,} | {load.added:,} | {load.seconds:.1f} | {rate:,.0f}"
+            f" | {load.written / 1e6:,.0f} | {load.table / 1e6:,.0f}"
+            f" | {load.written / growth:.2f}x |"
+        )
+        table_before = load.table
+    return "\n".join(lines)
 
 
 def report(backend: str, sizes: list[int], results: Results) -> str:
@@ -138,7 +183,8 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory(prefix="users-bench-") as work:
         for backend in backends():
-            results = bench_database(backend, sizes, seconds, Path(work))
+            results, loads = bench_database(backend, sizes, seconds, Path(work))
+            print(report_loads(backend, loads) + "\n", flush=True)
             print(report(backend, sizes, results) + "\n", flush=True)
     return 0
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import func, select
 
-from benchmarks.databases import analyze, backends, fresh_database
+from benchmarks.databases import backends, fresh_database
 from benchmarks.wrk import WrkResult, require_wrk, run_wrk
 from tests.server import REPO_ROOT, free_port, service_env
 from users_service.models import users
@@ -151,7 +151,6 @@ def main() -> int:
         for backend in backends():
             url, engine = fresh_database(backend, work)
             seed_users(engine, SEEDED, progress=False)
-            analyze(engine)
             ids_file = work / f"ids-{backend}.txt"
             with engine.connect() as connection:
                 ids = connection.execute(

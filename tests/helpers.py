@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
 import hmac
 import itertools
@@ -11,11 +12,13 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi.testclient import TestClient
 from httpx import Response
 
+from users_service.seed import synthetic_users
 from users_service.settings import DEVELOPMENT_CURSOR_SECRET
 
 _serial = itertools.count(1)
@@ -105,3 +108,12 @@ def forged_cursor(
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
     return f"{b64(data)}.{b64(signature.digest()[:16])}"
+
+
+def write_users_csv(path: Path, count: int) -> None:
+    """`count` synthetic users (always the same ones) as an import file: name, email, age."""
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["name", "email", "age"])
+        for user in synthetic_users(count, seed=1):
+            writer.writerow([user["name"], user["email"], user["age"]])

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 from tqdm import tqdm
 
-from users_service.db.bulk import bulk_load_settings, insert_rows
+from users_service.db.bulk import bulk_load, insert_rows, user_count
 from users_service.models import AGE_MAX, AGE_MIN, FIELD_DEFAULTS, UserCreate
 
 FIRST_NAMES = (
@@ -101,15 +101,21 @@ def _batches(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[st
 def seed_users(
     engine: Engine, count: int, *, batch_size: int = 10_000, progress: bool = True
 ) -> int:
-    """Insert `count` synthetic users; returns how many were inserted."""
+    """Insert `count` synthetic users; returns how many were inserted.
+
+    Through `bulk_load`: on SQLite one transaction, the indexes rebuilt
+    after the rows when the load is at least as large as the table (their
+    emails carry a run tag of their own, so even the unique index may go);
+    statistics refreshed at the end on every database.
+    """
     rows = synthetic_users(count)
     with (
         engine.connect() as connection,
-        bulk_load_settings(connection),
+        bulk_load(connection, rebuild_indexes=count >= user_count(connection)) as load,
         tqdm(total=count, unit="users", disable=not progress, smoothing=0.1) as bar,
     ):
         for batch in _batches(rows, batch_size):
-            with connection.begin():
+            with load.batch():
                 insert_rows(connection, batch)
             bar.update(len(batch))
     return count

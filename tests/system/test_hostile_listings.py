@@ -58,9 +58,7 @@ def populated(backend: str, tmp_path: Path) -> str:
     engine = create_db_engine(
         load_settings(database_url=url, environment="test", db_statement_timeout_ms=0)
     )
-    seed_users(engine, USERS, progress=False)
-    with engine.begin() as connection:
-        connection.exec_driver_sql("ANALYZE" if backend == "sqlite" else "ANALYZE users")
+    seed_users(engine, USERS, progress=False)  # which analyzes the table
     engine.dispose()
     return url
 

@@ -1,8 +1,10 @@
 """Every listing query is served by an index, on the first page and deep.
 
 The statements are the ones the API runs (`crud.page_statement` and
-`crud.count_statement`), explained on a seeded, analyzed table: no sort
-step over the table, no full scan.
+`crud.count_statement`), explained right after a bulk load, by `seed` and
+by `import`, without waiting for anything and without analyzing the table
+here (the loads refresh the planner's statistics themselves): no sort step
+over the table, no full scan.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Select, func, select, text
+from sqlalchemy import Engine, Select, func, select
 
 from tests.databases import create_fresh_database, migrate
+from tests.helpers import write_users_csv
 from users_service.crud import count_statement, filter_values, page_values, window_end_statement
 from users_service.crud import page_statement as crud_page_statement
 from users_service.db import name_search
@@ -25,31 +28,31 @@ from users_service.models import UserListQuery, users
 from users_service.pagination import SORT_VALUES, SortOrder
 from users_service.seed import seed_users
 from users_service.settings import load_settings
+from users_service.transfer import import_file
 
 SEEDED_USERS = 20_000
 DEEP = 10_000
 
 
-@pytest.fixture(scope="module")
-def engine(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    url = create_fresh_database(backend, tmp_path_factory.mktemp("plans"), "_plans")
+@pytest.fixture(scope="module", params=["seed", "import"])
+def engine(
+    request: pytest.FixtureRequest, backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Engine]:
+    """A table filled by one bulk load, explained at once."""
+    work = tmp_path_factory.mktemp("plans")
+    url = create_fresh_database(backend, work, "_plans")
     migrate(url)
-    seeded = create_db_engine(load_settings(database_url=url, environment="test"))
-    seed_users(seeded, SEEDED_USERS, progress=False)
-    with seeded.connect() as connection:
+    loaded = create_db_engine(load_settings(database_url=url, environment="test"))
+    if request.param == "seed":
+        seed_users(loaded, SEEDED_USERS, progress=False)
+    else:
+        write_users_csv(work / "users.csv", SEEDED_USERS)
+        summary, _ = import_file(loaded, work / "users.csv", progress=False)
+        assert summary.imported == SEEDED_USERS
+    with loaded.connect() as connection:
         assert connection.execute(select(func.count()).select_from(users)).scalar() == SEEDED_USERS
-    with seeded.begin() as connection:
-        connection.execute(
-            text(
-                "ANALYZE"
-                if backend == "sqlite"
-                else "ANALYZE TABLE users"
-                if backend == "mariadb"
-                else "ANALYZE users"
-            )
-        )
-    yield seeded
-    seeded.dispose()
+    yield loaded
+    loaded.dispose()
 
 
 def explain(engine: Engine, statement: Select[Any]) -> Any:
@@ -149,6 +152,22 @@ def test_age_range_sorted_by_age_uses_the_age_index(engine):
     query = UserListQuery(sort="age", min_age=30, max_age=40)
     statement = page_statement(query, SortOrder.parse("age"), None, dialect=engine.dialect.name)
     assert_index_served(engine, statement, index="ix_users_age_id")
+
+
+def test_age_range_in_the_default_order_walks_the_created_at_index(engine):
+    """The request of issue 13: on a table PostgreSQL had never analyzed,
+    `min_age=60&max_age=90` took a bitmap scan of the age index and sorted
+    a fifth of the table (600-790 ms at a million users, not 2 ms)."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip(
+            "SQLite's statistics have no histograms (sqlite_stat1 only): it takes the age"
+            " index and sorts, a plan `crud.may_scan` allows for a range on another column"
+        )
+    query = UserListQuery(min_age=60, max_age=90)
+    statement = page_statement(
+        query, SortOrder.parse("created_at"), None, dialect=engine.dialect.name
+    )
+    assert_index_served(engine, statement, index="ix_users_created_at_id")
 
 
 def test_created_range_uses_the_created_at_index(engine):
