@@ -157,6 +157,16 @@ class Settings(BaseSettings):
     # that, 429 rate_limited. 0 turns the cap off.
     max_requests_in_flight_per_caller: Annotated[int, Field(ge=0, le=100_000)] = 100
 
+    # Idempotency-Keys one caller may have stored (those of the last 24
+    # hours), and bytes of their answers; past either, a request with a new
+    # key is 429 idempotency_quota_exceeded. 0 turns a cap off.
+    idempotency_max_keys_per_caller: Annotated[int, Field(ge=0, le=10**9)] = 1_000_000
+    idempotency_max_bytes_per_caller: Annotated[int, Field(ge=0, le=1024**4)] = 1024**3
+    # Largest answer kept for replay when the request wrote nothing (a 4xx);
+    # a larger one is not kept, and a retry runs again. A success is always
+    # kept (its size is bounded by the batch's size and MAX_BODY_BYTES).
+    idempotency_max_error_answer_bytes: Annotated[int, Field(ge=0, le=1024**3)] = 16 * 1024
+
     sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.FULL
     sqlite_busy_timeout_ms: Annotated[int, Field(ge=0, le=600_000)] = 10_000
 
