@@ -37,7 +37,7 @@ from typing import Any
 
 import anyio.to_thread
 import orjson
-from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, select, tuple_, update
 
 from users_service.db.database import Connection, Database
 from users_service.db.engine import WRITE_OPTION
@@ -122,7 +122,7 @@ class KeyUsage:
     stores, and every caller is counted again after each sweep, which is
     when other replicas' keys and deleted ones show: with several replicas,
     a caller may go over a cap by what the others stored since the last
-    sweep (a minute), and by one answer's size in any case.
+    sweep (IDEMPOTENCY_SWEEP_SECONDS), and by one answer's size in any case.
     """
 
     def __init__(self, *, max_keys: int, max_bytes: int, max_error_answer_bytes: int) -> None:
@@ -370,30 +370,29 @@ SWEEP_BATCH = 1000
 SWEEP_PAUSE_SECONDS = 0.01
 
 
+def _delete_expired_statement(dialect: str, limit: int) -> Any:
+    """DELETE the `limit` oldest keys created before :cutoff."""
+    expired = keys.c.created_at < bindparam("cutoff")
+    if dialect in ("mysql", "mariadb"):
+        # MariaDB refuses LIMIT in an IN subquery; its DELETE takes one itself.
+        return (
+            delete(keys).where(expired).with_dialect_options(mysql_limit=limit, mariadb_limit=limit)
+        )
+    primary_key = (keys.c.caller, keys.c.endpoint, keys.c.key)
+    oldest = select(*primary_key).where(expired).order_by(keys.c.created_at).limit(limit)
+    # `expired` again: a key restarted meanwhile (created_at is new) stays.
+    return delete(keys).where(tuple_(*primary_key).in_(oldest) & expired)
+
+
 def _delete_expired_batch(engine: Engine, cutoff: datetime, limit: int) -> int:
     """Delete up to `limit` keys older than `cutoff`, oldest first, in one
     transaction; returns how many (blocking: run on a worker thread)."""
-    pick = (
-        select(keys.c.caller, keys.c.endpoint, keys.c.key)
-        .where(keys.c.created_at < cutoff)
-        .order_by(keys.c.created_at)
-        .limit(limit)
-    )
-    # A key restarted since it was picked (created_at is then new) stays.
-    drop = delete(keys).where(_key_condition() & (keys.c.created_at < bindparam("cutoff")))
+    statement = _delete_expired_statement(engine.dialect.name, limit)
     with engine.connect() as connection:
         connection.execution_options(**{WRITE_OPTION: True})
         with connection.begin():
-            picked = connection.execute(pick).all()
-            if picked:
-                connection.execute(
-                    drop,
-                    [
-                        {"caller": caller, "endpoint": endpoint, "key": key, "cutoff": cutoff}
-                        for caller, endpoint, key in picked
-                    ],
-                )
-    return len(picked)
+            deleted: int = connection.execute(statement, {"cutoff": cutoff}).rowcount
+    return deleted
 
 
 async def delete_expired(*, database: Database, batch: int = SWEEP_BATCH) -> int:
@@ -415,12 +414,6 @@ async def delete_expired(*, database: Database, batch: int = SWEEP_BATCH) -> int
         await asyncio.sleep(SWEEP_PAUSE_SECONDS)
 
 
-SWEEP_EVERY_SECONDS = 60.0
-# The first sweep, soon after start: a process that was down for a day
-# finds a day of expired keys.
-FIRST_SWEEP_AFTER_SECONDS = 1.0
-
-
 async def sweep_once(database: Database, usage: KeyUsage) -> int:
     """Delete the expired keys, then count every caller's usage again;
     returns how many keys were deleted."""
@@ -429,13 +422,14 @@ async def sweep_once(database: Database, usage: KeyUsage) -> int:
     return deleted
 
 
-async def sweep_expired_idempotency_keys(database: Database, usage: KeyUsage) -> None:
-    """Sweep soon after start and then every minute, until cancelled."""
-    await asyncio.sleep(FIRST_SWEEP_AFTER_SECONDS)
+async def sweep_expired_idempotency_keys(
+    database: Database, usage: KeyUsage, every_seconds: float
+) -> None:
+    """Sweep every `every_seconds` (IDEMPOTENCY_SWEEP_SECONDS), until cancelled."""
     while True:
+        await asyncio.sleep(every_seconds)
         try:
             if deleted := await sweep_once(database, usage):
                 logger.info("deleted %d expired idempotency keys", deleted)
         except Exception:
             logger.warning("could not delete expired idempotency keys", exc_info=True)
-        await asyncio.sleep(SWEEP_EVERY_SECONDS)

@@ -64,7 +64,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         background = [
-            asyncio.create_task(sweep_expired_idempotency_keys(database, idempotency_usage)),
+            asyncio.create_task(
+                sweep_expired_idempotency_keys(
+                    database, idempotency_usage, settings.idempotency_sweep_seconds
+                )
+            ),
             asyncio.create_task(flush_and_sample(database, access_log)),
         ]
         yield

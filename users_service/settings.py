@@ -166,6 +166,8 @@ class Settings(BaseSettings):
     # a larger one is not kept, and a retry runs again. A success is always
     # kept (its size is bounded by the batch's size and MAX_BODY_BYTES).
     idempotency_max_error_answer_bytes: Annotated[int, Field(ge=0, le=1024**3)] = 16 * 1024
+    # How often expired keys are deleted (in batches, off the event loop).
+    idempotency_sweep_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
 
     sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.FULL
     sqlite_busy_timeout_ms: Annotated[int, Field(ge=0, le=600_000)] = 10_000
