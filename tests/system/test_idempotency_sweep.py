@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from tests.databases import create_fresh_database, migrate
+from tests.helpers import p99
 from tests.server import running_server
 from users_service.db.bulk import insert_rows
 from users_service.db.engine import WRITE_OPTION, create_db_engine
@@ -33,10 +34,6 @@ from users_service.settings import load_settings
 EXPIRED = 300_000
 # The whole sweep may take this long on a busy machine (measured: a few seconds).
 SWEEP_DEADLINE_SECONDS = 120.0
-
-
-def p99(samples: list[float]) -> float:
-    return sorted(samples)[int(len(samples) * 0.99)]
 
 
 @pytest.fixture
