@@ -109,6 +109,14 @@ async def run(url: str, ids: list[str]) -> dict[str, list[float]]:
     app = create_app(settings)
     tag = secrets.token_hex(4)
     serial = iter(range(10**9))
+
+    def keyed_create(number: int) -> Awaitable[int]:
+        body = b'{"name": "Bench User", "email": "k-%s-%d@example.com", "age": 30}'
+        key = b"bench-%s-%d" % (tag.encode(), number)
+        return call(
+            app, "POST", "/users", body % (tag.encode(), number), ((b"idempotency-key", key),)
+        )
+
     endpoints: dict[str, Request] = {
         "GET /users/{id}": lambda n: call(app, "GET", f"/users/{ids[n % len(ids)]}"),
         "GET /users?limit=50": lambda n: call(app, "GET", "/users?limit=50"),
@@ -119,14 +127,7 @@ async def run(url: str, ids: list[str]) -> dict[str, list[float]]:
             b'{"name": "Bench User", "email": "b-%s-%d@example.com", "age": 30}'
             % (tag.encode(), next(serial)),
         ),
-        "POST /users with Idempotency-Key": lambda n: call(
-            app,
-            "POST",
-            "/users",
-            b'{"name": "Bench User", "email": "k-%s-%d@example.com", "age": 30}'
-            % (tag.encode(), n + 10**8),
-            ((b"idempotency-key", b"bench-%s-%d" % (tag.encode(), next(serial))),),
-        ),
+        "POST /users with Idempotency-Key": lambda n: keyed_create(next(serial)),
         "PATCH /users/{id}": lambda n: call(
             app, "PATCH", f"/users/{ids[n % len(ids)]}", b'{"age": %d}' % (n % 150)
         ),
