@@ -6,8 +6,11 @@ Now it deletes them 1000 at a time, each batch its own short transaction on
 a worker thread. A real server starts on a database holding 300k expired
 keys, with IDEMPOTENCY_SWEEP_SECONDS=2; while its sweep runs, a monitor
 polls /healthz every 10 ms and a writer creates users with new keys. The
-/healthz p99 must stay under 50 ms: generous for a busy 2-core machine,
-and far below the 8.5 s stall it guards against.
+/healthz p99 must stay under 50 ms, and no /healthz may take a second:
+generous for a busy 2-core machine (measured: p99 14 ms, the slowest 29-89
+ms), and still short of the stall they guard against (8.5 s in the issue;
+2.6 s for these 300k small keys on this machine before the change, which
+a p99 over the whole watch alone did not catch: the stall is one request).
 """
 
 from __future__ import annotations
@@ -142,3 +145,4 @@ def test_sweeping_300k_expired_keys_leaves_healthz_fast(expired_keys: str, tmp_p
     assert set(statuses) == {201}
     assert len(health) >= 50, "too few /healthz samples while the sweep ran"
     assert p99(health) < 0.050
+    assert max(health) < 1.0, "the event loop stalled while the sweep ran"
