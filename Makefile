@@ -2,27 +2,41 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
+# Two sets, each installed once per change of its files: the runtime set
+# (requirements.txt: run, migrate, seed, ...) and, on top of it, the test and
+# lint tools (requirements-dev.txt: test, test-fast, lint, bench).
+RUNTIME := $(VENV)/.runtime-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
+DEV     := $(VENV)/.dev-$(shell cat requirements.txt requirements-dev.txt pyproject.toml clients/python/pyproject.toml | cksum | cut -d' ' -f1)
 # What each target needs set up first; `make SETUP= ...` runs a target with
 # the interpreter in VENV as it is (the scratch-copy test does).
-SETUP  ?= $(STAMP)
+SETUP  ?= yes
+RUNTIME_SETUP := $(if $(SETUP),$(RUNTIME))
+DEV_SETUP     := $(if $(SETUP),$(DEV))
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run migrate revision test test-fast lint install clean seed bench bench-scale openapi import export bench-transfer
+.PHONY: run migrate revision test test-fast lint install install-dev clean seed bench bench-scale openapi import export bench-transfer
 
-install: $(STAMP)
+install: $(RUNTIME)
+install-dev: $(DEV)
 
-$(STAMP): requirements.txt pyproject.toml
+$(RUNTIME): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed (set PYTHON=...)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e . -e clients/python
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	$(PIP) -r requirements.txt
+	$(PIP) --no-deps -e .
+	rm -f $(VENV)/.runtime-* $(VENV)/.installed-*
+	touch $(RUNTIME)
+
+$(DEV): $(RUNTIME) requirements-dev.txt clients/python/pyproject.toml
+	$(PIP) -r requirements-dev.txt
+	$(PIP) --no-deps -e clients/python
+	rm -f $(VENV)/.dev-*
+	touch $(DEV)
 
 run: migrate
 	$(BIN)/python -m users_service serve
 
-migrate: $(SETUP)
+migrate: $(RUNTIME_SETUP)
 	$(BIN)/python -m users_service migrate
 
 # After a change to users_service/models.py: the migration, then everything
@@ -41,34 +55,34 @@ import: migrate
 	$(BIN)/users-service import $(FILE) $(ARGS)
 
 # Writes to OUTPUT (default: standard output); FORMAT=csv for CSV.
-export: $(SETUP)
+export: $(RUNTIME_SETUP)
 	@$(BIN)/users-service export $(if $(FORMAT),--format $(FORMAT)) $(if $(OUTPUT),--output $(OUTPUT)) $(ARGS)
 
-bench-transfer: $(SETUP)
+bench-transfer: $(DEV_SETUP)
 	$(BIN)/python -m benchmarks.transfer
 
-bench: $(SETUP)
+bench: $(DEV_SETUP)
 	@command -v wrk >/dev/null || (echo 'wrk is not installed: apt-get install wrk'; exit 2)
 	$(BIN)/python -m benchmarks.throughput
 
-bench-scale: $(SETUP)
+bench-scale: $(DEV_SETUP)
 	@command -v wrk >/dev/null || (echo 'wrk is not installed: apt-get install wrk'; exit 2)
 	$(BIN)/python -m benchmarks.scale
 
 # The committed OpenAPI document and the client's types generated from it;
 # tests fail when either is out of date.
-openapi: $(SETUP)
+openapi: $(RUNTIME_SETUP)
 	$(BIN)/python -m users_service openapi --output openapi.json
 	$(BIN)/python clients/python/generate.py openapi.json clients/python/users_service_client/models.py
 
-test: $(SETUP)
+test: $(DEV_SETUP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Unit and in-process API tests on SQLite only: the quick loop while editing.
-test-fast: $(SETUP)
+test-fast: $(DEV_SETUP)
 	TEST_DATABASE_URLS= $(BIN)/python -m pytest -m "unit or api" -q $(PYTEST_ARGS)
 
-lint: $(SETUP)
+lint: $(DEV_SETUP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -34,10 +34,13 @@ TEST_CURSOR_SECRET = "test-suite-cursor-secret-not-for-production"
 
 
 def service_env(**variables: str) -> dict[str, str]:
-    """The test process's environment without any service setting, plus
+    """The test process's environment without any service setting (nor an
+    OTEL_* variable, which would turn tracing on), plus
     `variables` (and, for ENVIRONMENT=test, the suite's cursor secret)."""
     env = {
-        name: value for name, value in os.environ.items() if name.upper() not in SETTINGS_VARIABLES
+        name: value
+        for name, value in os.environ.items()
+        if name.upper() not in SETTINGS_VARIABLES and not name.upper().startswith("OTEL_")
     }
     env.update(variables)
     if env.get("ENVIRONMENT") == "test":
@@ -82,10 +85,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def running_server(
-    database_url: str, log_path: Path, extra_env: Mapping[str, str] | None = None
+    database_url: str,
+    log_path: Path,
+    extra_env: Mapping[str, str] | None = None,
+    port: int | None = None,
 ) -> Iterator[RunningServer]:
-    """The service on a free port of 127.0.0.1, healthy; killed on exit if still running."""
-    port = free_port()
+    """The service on `port` (else a free one) of 127.0.0.1, healthy; killed
+    on exit if still running."""
+    port = port or free_port()
     env = service_env(
         DATABASE_URL=database_url,
         HOST="127.0.0.1",

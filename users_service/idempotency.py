@@ -9,12 +9,15 @@ told 409 `idempotency_key_in_use`). A success stores its answer in the same
 transaction as its write, so the user and the answer that announces it are
 committed together: a retry after a crash, or on another replica, replays
 that answer and creates nothing. A 4xx the endpoint gives is stored after
-the fact; a 5xx releases the key, so the retry runs again.
+the fact; a 5xx releases the key (once the database answers again, if it
+was away), so the retry runs again.
 
 Keys belong to (caller, endpoint); they expire after 24 hours (treated as
 absent from then on, and deleted by a background sweep off the request
 path). A claim whose request never answered (its process died) is taken
-over by a retry after IN_FLIGHT_TIMEOUT.
+over by a retry after IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS (default
+IN_FLIGHT_TIMEOUT); the claim's created_at fences it, so a request that
+was taken over can neither store its answer nor release the new claim.
 
 What one caller may keep is bounded (`KeyUsage`): so many keys, so many
 bytes of answers; past either, a new key is refused 429 while the keys
@@ -41,7 +44,7 @@ from sqlalchemy import Engine, bindparam, delete, func, insert, select, tuple_, 
 
 from users_service.db.database import Connection, Database
 from users_service.db.engine import WRITE_OPTION
-from users_service.db.errors import UniqueViolation
+from users_service.db.errors import DatabaseUnavailable, UniqueViolation
 from users_service.db.rendering import as_utc
 from users_service.db.statements import compiled
 from users_service.errors import (
@@ -83,6 +86,9 @@ class Claim:
     caller: str
     endpoint: str
     key: str
+    # When this request claimed the key (its row's created_at): a release
+    # removes the row only while it is still this request's claim.
+    claimed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     saved: bool = field(default=False)
 
     def where(self) -> dict[str, str]:
@@ -234,6 +240,7 @@ async def claim(
     key: str,
     request_hash: str,
     usage: KeyUsage | None = None,
+    in_flight_timeout: timedelta = IN_FLIGHT_TIMEOUT,
 ) -> Claim | StoredAnswer:
     """Claim the key for this request, or return the answer it already has.
 
@@ -243,7 +250,7 @@ async def claim(
     """
     now = datetime.now(UTC)
     admitted = usage is None or await usage.admits(database, caller)
-    claimed = Claim(caller, endpoint, key)
+    claimed = Claim(caller, endpoint, key, claimed_at=now)
     values = {
         **claimed.where(),
         "request_hash": request_hash,
@@ -264,6 +271,11 @@ async def claim(
                 return claimed
             except UniqueViolation:
                 pass
+            except DatabaseUnavailable:
+                # The claim may have committed with its answer lost (the
+                # database went away during COMMIT): undo it once it is back.
+                release_in_background(database=database, claimed=claimed)
+                raise
         async with database.transaction() as connection:
             select_key = compiled(
                 connection,
@@ -287,7 +299,7 @@ async def claim(
                 continue
             created_at, stored_hash, status, headers, body = select_key.decode(row)
             age = now - as_utc(created_at)
-            stale = age > TIME_TO_LIVE or (status is None and age > IN_FLIGHT_TIMEOUT)
+            stale = age > TIME_TO_LIVE or (status is None and age > in_flight_timeout)
             if stale:  # expired, or its request died: start afresh
                 restart = compiled(
                     connection,
@@ -317,13 +329,17 @@ async def claim(
 
 
 async def save_answer(*, connection: Connection, claimed: Claim, answer: StoredAnswer) -> None:
-    """Store the answer in the caller's open transaction."""
+    """Store the answer in the caller's open transaction.
+
+    Raises 409 `idempotency_key_in_use` (and the caller's transaction, its
+    write with it, is rolled back) when the claim is no longer this
+    request's: a retry took it over after the in-flight timeout."""
     statement = compiled(
         connection,
         "save_answer",
         lambda: (
             update(keys)
-            .where(_key_condition())
+            .where(_key_condition() & (keys.c.created_at == bindparam("claimed_at")))
             .values(
                 status=bindparam("new_status"),
                 headers=bindparam("new_headers"),
@@ -331,15 +347,18 @@ async def save_answer(*, connection: Connection, claimed: Claim, answer: StoredA
             )
         ),
     )
-    await connection.run(
+    saved = await connection.run(
         statement,
         {
             **claimed.where(),
+            "claimed_at": claimed.claimed_at,
             "new_status": answer.status,
             "new_headers": orjson.dumps(answer.headers).decode(),
             "new_body": answer.body,
         },
     )
+    if saved != 1:
+        raise IdempotencyKeyInUse()
     claimed.saved = True
 
 
@@ -350,14 +369,60 @@ async def save_answer_now(*, database: Database, claimed: Claim, answer: StoredA
 
 
 async def release(*, database: Database, claimed: Claim) -> None:
-    """Forget a claim whose request failed with a 5xx, so a retry runs again."""
+    """Forget a claim whose request failed with a 5xx, so a retry runs again.
+
+    When the database cannot be reached (the usual cause of the 5xx), the
+    claim is released in the background as soon as it is back, so that a
+    retry is not told 409 `idempotency_key_in_use` until IN_FLIGHT_TIMEOUT;
+    DatabaseUnavailable is raised all the same.
+    """
+    try:
+        await _delete_claim(database, claimed)
+    except DatabaseUnavailable:
+        release_in_background(database=database, claimed=claimed)
+        raise
+
+
+async def _delete_claim(database: Database, claimed: Claim) -> None:
     async with database.transaction() as connection:
         statement = compiled(
             connection,
             "release_key",
-            lambda: delete(keys).where(_key_condition() & keys.c.status.is_(None)),
+            lambda: delete(keys).where(
+                _key_condition()
+                & keys.c.status.is_(None)
+                & (keys.c.created_at == bindparam("claimed_at"))
+            ),
         )
-        await connection.run(statement, claimed.where())
+        await connection.run(statement, {**claimed.where(), "claimed_at": claimed.claimed_at})
+
+
+# Seconds between two attempts to release a claim while the database is away.
+RELEASE_RETRY_SECONDS = 0.5
+_releasing: set[asyncio.Task[None]] = set()
+
+
+def release_in_background(*, database: Database, claimed: Claim) -> None:
+    """Release `claimed` once the database answers again (tried every
+    RELEASE_RETRY_SECONDS until IN_FLIGHT_TIMEOUT, after which a retry
+    takes the claim over anyway). Only this request's claim is removed:
+    never one a retry made since, nor an answer."""
+
+    async def keep_trying() -> None:
+        give_up = asyncio.get_running_loop().time() + IN_FLIGHT_TIMEOUT.total_seconds()
+        while asyncio.get_running_loop().time() < give_up:
+            await asyncio.sleep(RELEASE_RETRY_SECONDS)
+            try:
+                await _delete_claim(database, claimed)
+            except DatabaseUnavailable:
+                continue
+            except Exception:
+                logger.warning("could not release an idempotency key", exc_info=True)
+            return
+
+    task = asyncio.get_running_loop().create_task(keep_trying())
+    _releasing.add(task)
+    task.add_done_callback(_releasing.discard)
 
 
 # Expired keys deleted per transaction by the sweep: each batch is a short

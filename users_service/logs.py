@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from users_service.request_context import current_request_id
+from users_service.request_context import current_request_id, current_trace_ids
 from users_service.settings import LogFormat, Settings
 
 ACCESS_LOGGER = "users_service.access"
@@ -80,6 +80,9 @@ class JSONFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None)
         if request_id:
             line["request_id"] = request_id
+        trace_ids = getattr(record, "trace_ids", None)
+        if trace_ids:
+            line["trace_id"], line["span_id"] = trace_ids
         if record.exc_info:
             line["traceback"] = mask_emails(self.formatException(record.exc_info))
         return orjson.dumps(line).decode()
@@ -102,6 +105,9 @@ class TextFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None)
         if request_id and "request_id=" not in message:
             line = f"{line} request_id={request_id}"
+        trace_ids = getattr(record, "trace_ids", None)
+        if trace_ids:
+            line = f"{line} trace_id={trace_ids[0]} span_id={trace_ids[1]}"
         details = []
         if record.exc_info:
             details.append(self.formatException(record.exc_info))
@@ -114,8 +120,10 @@ class TextFormatter(logging.Formatter):
 
 
 def stamp_request_id(record: logging.LogRecord) -> bool:
-    """Note the request being served on the record (it is formatted later)."""
+    """Note the request being served, and its trace when tracing is on, on
+    the record (it is formatted later)."""
     record.request_id = current_request_id()
+    record.trace_ids = current_trace_ids()
     return True
 
 
@@ -153,6 +161,8 @@ class AccessLog:
 
     def __init__(self, log_format: LogFormat, enabled: bool) -> None:
         self.enabled = enabled
+        # Set when tracing is on: each line names its request's trace and span.
+        self.traced = False
         self._json = log_format is LogFormat.json
         self._lines: list[str] = []
         self._second = -1
@@ -201,6 +211,8 @@ class AccessLog:
                 line["forwarded_for"] = forwarded_for
             if user_id is not None:
                 line["user_id"] = user_id
+            if self.traced and (trace_ids := current_trace_ids()):
+                line["trace_id"], line["span_id"] = trace_ids
             self._lines.append(orjson.dumps(line).decode())
         else:
             text = (
@@ -211,6 +223,8 @@ class AccessLog:
                 text = f"{text} forwarded_for={text_value(forwarded_for)}"
             if user_id is not None:
                 text = f"{text} user_id={text_value(user_id)}"
+            if self.traced and (trace_ids := current_trace_ids()):
+                text = f"{text} trace_id={trace_ids[0]} span_id={trace_ids[1]}"
             self._lines.append(text)
         if len(self._lines) >= BUFFERED_RECORDS:
             self.flush()

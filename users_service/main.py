@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -28,6 +29,7 @@ from users_service.logs import FLUSH_SECONDS, AccessLog, configure_logging, flus
 from users_service.metrics import set_pool_usage
 from users_service.pagination import CursorCodec
 from users_service.settings import Settings, load_settings
+from users_service.tracing import Tracing
 
 DESCRIPTION = """\
 The users of the company's system: create, read, update, delete and list
@@ -54,6 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     database = create_database(engine, settings)
     access_log = AccessLog.for_settings(settings)
     idempotency_usage = KeyUsage.for_settings(settings)
+    # Off unless OTEL_* asks: then OpenTelemetry is imported, and only then.
+    tracing = Tracing(os.environ) if settings.tracing_enabled else None
+    if tracing is not None:
+        tracing.trace_database(database)
+        access_log.traced = True
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         flush_logs()
         access_log.flush()
         await database.close()
+        if tracing is not None:
+            tracing.shutdown()
 
     app = FastAPI(
         # The routers' routes themselves, not include_router(): FastAPI 0.165
@@ -98,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.database = database
     app.state.idempotency_usage = idempotency_usage
-    app.state.cursor_codec = CursorCodec(settings.cursor_secret.get_secret_value())
+    app.state.cursor_codec = CursorCodec(settings.cursor_secrets)
     app.state.schema_heads, app.state.schema_revisions = migration_revisions()
 
     install_error_handlers(app)
@@ -113,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     app.add_middleware(RequestContextMiddleware, access_log=access_log)
+    if tracing is not None:  # outermost: the access line is written inside the span
+        app.add_middleware(tracing.middleware)
     docs.install_docs(app)
     docs.complete_document(app)
     app.router.routes.extend(head_routes(app.router.routes))

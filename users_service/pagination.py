@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -89,13 +90,25 @@ def _unb64(text: str) -> bytes:
 
 
 class CursorCodec:
-    """Signs and verifies cursors with the deployment's CURSOR_SECRET."""
+    """Signs and verifies cursors with the deployment's CURSOR_SECRET.
 
-    def __init__(self, secret: str) -> None:
-        self._key = hashlib.sha256(b"users-service cursor\0" + secret.encode()).digest()
+    Several secrets rotate without breaking a cursor in anyone's hands: the
+    first signs, and a cursor signed with any of them verifies (put the new
+    secret first, keep the old one after it until its cursors are stale).
+    """
 
-    def _sign(self, payload: bytes, context: str) -> bytes:
-        return hmac.new(self._key, payload + b"\0" + context.encode(), hashlib.sha256).digest()[:16]
+    def __init__(self, secrets: str | Sequence[str]) -> None:
+        secrets = [secrets] if isinstance(secrets, str) else list(secrets)
+        if not secrets:
+            raise ValueError("a cursor codec needs at least one secret")
+        self._keys = [
+            hashlib.sha256(b"users-service cursor\0" + secret.encode()).digest()
+            for secret in secrets
+        ]
+
+    def _sign(self, payload: bytes, context: str, key: bytes | None = None) -> bytes:
+        message = payload + b"\0" + context.encode()
+        return hmac.new(key or self._keys[0], message, hashlib.sha256).digest()[:16]
 
     def encode(self, order: SortOrder, context: str, key: tuple[Any, uuid.UUID]) -> str:
         value, last_id = key
@@ -110,7 +123,11 @@ class CursorCodec:
             payload, signature = _unb64(payload_text), _unb64(signature_text)
         except ValueError:
             raise InvalidCursor("cursor is malformed") from None
-        if not hmac.compare_digest(signature, self._sign(payload, f"{order}|{context}")):
+        signed_for = f"{order}|{context}"
+        if not any(
+            hmac.compare_digest(signature, self._sign(payload, signed_for, key))
+            for key in self._keys
+        ):
             raise InvalidCursor("cursor is not valid for this sort and these filters")
         try:
             return _sort_key(orjson.loads(payload), order)

@@ -34,3 +34,21 @@ def request_id_from(scope: Scope) -> str:
                 return str(value.decode("ascii"))
             break
     return uuid.uuid4().hex
+
+
+# The trace and span of the request being served, as hex (tracing.py sets
+# them when tracing is on), for its log lines.
+_trace_ids: ContextVar[tuple[str, str] | None] = ContextVar("trace_ids", default=None)
+
+
+def current_trace_ids() -> tuple[str, str] | None:
+    """(trace_id, span_id) of the request's span; None when not traced."""
+    return _trace_ids.get()
+
+
+def set_trace_ids(trace_ids: tuple[str, str] | None) -> Token[tuple[str, str] | None]:
+    return _trace_ids.set(trace_ids)
+
+
+def reset_trace_ids(token: Token[tuple[str, str] | None]) -> None:
+    _trace_ids.reset(token)

@@ -8,10 +8,12 @@ stops start-up with a message that names the setting (see `load_settings`).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Any, Self
 
 from pydantic import (
@@ -24,6 +26,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from users_service.tracing import tracing_problems, tracing_requested
 
 
 class Environment(StrEnum):
@@ -42,6 +46,15 @@ class LogLevel(StrEnum):
     INFO = "INFO"
     WARNING = "WARNING"
     ERROR = "ERROR"
+
+
+class DbPooler(StrEnum):
+    """What sits between the service and PostgreSQL."""
+
+    none = "none"
+    # A transaction-mode pooler (PgBouncer's pool_mode=transaction): each
+    # transaction may run on another server connection.
+    transaction = "transaction"
 
 
 class SqliteSynchronous(StrEnum):
@@ -145,6 +158,11 @@ class Settings(BaseSettings):
     # database cancels it, and a SQLite read that may scan before it is
     # interrupted (the request answers 503); 0 turns the limit off.
     db_statement_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 10_000
+    # `transaction`: a transaction-mode pooler (PgBouncer) sits in front of
+    # PostgreSQL, so nothing may outlive a transaction: no server-side
+    # prepared statements, no startup options; the statement timeout and
+    # the time zone are set in each transaction (db/postgresql.py).
+    db_pooler: DbPooler = DbPooler.none
     # Reads that may scan many rows (a name substring, a count, a filter on
     # another column than the sort's) running at once per process, off the
     # event loop; more wait for a turn (up to DB_POOL_TIMEOUT_SECONDS, then 503).
@@ -168,6 +186,11 @@ class Settings(BaseSettings):
     idempotency_max_error_answer_bytes: Annotated[int, Field(ge=0, le=1024**3)] = 16 * 1024
     # How often expired keys are deleted (in batches, off the event loop).
     idempotency_sweep_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    # A claimed Idempotency-Key whose request has not answered after this
+    # long is taken over by a retry (its process likely died); if that
+    # request does answer after all, its write is rolled back and it
+    # answers 409 idempotency_key_in_use: one user per key either way.
+    idempotency_in_flight_timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = 120.0
 
     sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.FULL
     sqlite_busy_timeout_ms: Annotated[int, Field(ge=0, le=600_000)] = 10_000
@@ -196,13 +219,29 @@ class Settings(BaseSettings):
     # exits without them (see users_service.__main__).
     shutdown_grace_seconds: Annotated[int, Field(ge=1, le=3600)] = 30
 
+    # --- Rotation: secrets from files (docs/operations.md#rotating-secrets).
+    # Each secret setting may be read from a file instead, as container
+    # platforms mount secrets (the file's trailing line breaks dropped).
+    # Setting both a variable and its file is a start-up error.
+    api_keys_file: Path | None = None
+    api_read_keys_file: Path | None = None
+    cursor_secret_file: Path | None = None
+    database_url_file: Path | None = None
+    # Tracing: the standard OTEL_* variables, which OpenTelemetry reads from
+    # the process environment itself (users_service/tracing.py); off unless
+    # they ask for it. Those this service cannot honour refuse start-up.
+
+    @property
+    def tracing_enabled(self) -> bool:
+        return tracing_requested(os.environ)
+
     @model_validator(mode="wrap")
     @classmethod
     def _name_every_problem(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
         """A start-up refusal names every missing or invalid setting at once,
         not one per restart: the values that do not parse, and the settings
         that do not fit together."""
-        problems: list[str] = []
+        data, problems = read_secret_files(data)
         try:
             settings: Self | None = handler(data)
         except ValidationError as error:
@@ -216,6 +255,7 @@ class Settings(BaseSettings):
                 return found.get_secret_value()
             return str(found.value if isinstance(found, StrEnum) else found)
 
+        problems += tracing_problems(os.environ)
         problems += deployment_problems(
             environment=value("environment", Environment.development.value),
             cursor_secret=value("cursor_secret", DEVELOPMENT_CURSOR_SECRET),
@@ -236,6 +276,14 @@ class Settings(BaseSettings):
             self.api_read_keys.get_secret_value(),
             production=self.environment is Environment.production,
         )
+
+    @cached_property
+    def cursor_secrets(self) -> list[str]:
+        """CURSOR_SECRET's secrets: the first signs, every one verifies
+        (none given: the built-in one, which only development accepts)."""
+        return cursor_secrets_of(self.cursor_secret.get_secret_value()) or [
+            DEVELOPMENT_CURSOR_SECRET
+        ]
 
     @cached_property
     def sqlalchemy_url(self) -> URL:
@@ -272,7 +320,7 @@ def database_url_of(database_url: str) -> URL:
     unencoded character in the password, they would show part of it.
     """
     try:
-        url = make_url(database_url)
+        url = make_url(_libpq_hosts_as_query(database_url))
     except (ArgumentError, ValueError):
         raise ValueError(
             "DATABASE_URL is not a database URL of the form "
@@ -298,6 +346,69 @@ def database_url_of(database_url: str) -> URL:
     return url
 
 
+# The settings that may be read from a file: NAME from NAME_FILE.
+SECRET_FILE_SETTINGS = ("api_keys", "api_read_keys", "cursor_secret", "database_url")
+
+
+def read_secret_files(data: Any) -> tuple[Any, list[str]]:
+    """The settings with each secret given as a file (`API_KEYS_FILE`, ...)
+    read in, and what is wrong with those files. A file's trailing line
+    breaks are dropped (`echo secret > file` writes one); the message about
+    a file names the setting and the path, never what the file holds."""
+    if not isinstance(data, dict):
+        return data, []
+    data = dict(data)
+    problems = []
+    for name in SECRET_FILE_SETTINGS:
+        path = data.get(f"{name}_file")
+        if path is None or str(path) == "":
+            continue
+        variable = name.upper()
+        given = data.get(name)
+        if isinstance(given, SecretStr):
+            given = given.get_secret_value()
+        if given is not None and given != "":
+            problems.append(f"{variable} and {variable}_FILE are both set: set only one of them")
+            continue
+        try:
+            text = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as error:
+            problems.append(f"{variable}_FILE: cannot read {path}: {error.strerror or error}")
+            continue
+        except UnicodeDecodeError:
+            problems.append(f"{variable}_FILE: {path} is not UTF-8 text")
+            continue
+        if not text.strip():
+            problems.append(f"{variable}_FILE: {path} is empty")
+            continue
+        data[name] = text
+    return data, problems
+
+
+def cursor_secrets_of(cursor_secret: str) -> list[str]:
+    """`new,old`: comma-separated secrets, surrounding whitespace dropped."""
+    return [secret for secret in (part.strip() for part in cursor_secret.split(",")) if secret]
+
+
+_MULTI_HOST = re.compile(r"^(postgres(?:ql)?(?:\+\w+)?://)([^@/?#]*@)?([^/?#]*,[^/?#]*)(.*)$", re.S)
+
+
+def _libpq_hosts_as_query(database_url: str) -> str:
+    """libpq's multi-host form, `postgresql://u@h1:5432,h2:5432/db?...`, as
+    SQLAlchemy spells it, `postgresql://u@/db?host=h1:5432&host=h2:5432&...`
+    (its psycopg dialect hands libpq `host=h1,h2 port=5432,5432`, and libpq
+    tries them in turn: with `target_session_attrs=read-write`, the primary)."""
+    match = _MULTI_HOST.match(database_url)
+    if match is None:
+        return database_url
+    scheme, credentials, hosts, rest = match.groups()
+    path, _, query = rest.partition("?")
+    listed = "&".join(f"host={host.strip()}" for host in hosts.split(","))
+    if not all(host.strip() for host in hosts.split(",")):
+        raise ValueError("an empty host in a list")
+    return f"{scheme}{credentials or ''}{path or '/'}?{listed}{'&' if query else ''}{query}"
+
+
 def deployment_problems(
     *, environment: str, cursor_secret: str, api_keys: str, api_read_keys: str, database_url: str
 ) -> list[str]:
@@ -314,7 +425,9 @@ def deployment_problems(
         except ValueError as error:
             problems.append(str(error))
     keys_set = bool(api_keys or api_read_keys)
-    if cursor_secret == DEVELOPMENT_CURSOR_SECRET and (
+    # An empty CURSOR_SECRET (or one of commas only) counts as unset.
+    cursor_secrets = cursor_secrets_of(cursor_secret)
+    if (not cursor_secrets or DEVELOPMENT_CURSOR_SECRET in cursor_secrets) and (
         environment != Environment.development.value or keys_set
     ):
         # The built-in secret is public: anyone could sign a cursor with it.

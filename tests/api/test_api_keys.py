@@ -7,14 +7,20 @@ run once, on a SQLite database of their own.
 from __future__ import annotations
 
 import base64
+import json
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.databases import create_fresh_database, migrate
 from tests.helpers import READER, READER_KEY, WRITER, WRITER_KEY, assert_problem, user_count
+from users_service.main import create_app
+from users_service.settings import load_settings
 
 ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "age": 36}
 
@@ -204,3 +210,50 @@ def test_without_keys_configured_every_route_works_without_a_header(client: Test
     assert client.patch(location, json={"age": 38}).status_code == 200
     assert client.delete(location).status_code == 204
     assert user_count(client) == 1
+
+
+# Rotating a caller's key: the new key is added beside the old one under the
+# same caller name, callers move to it, then the old one is removed.
+OLD_KEY = "billing-old-key-0123456789"
+NEW_KEY = "billing-new-key-9876543210"
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """create_app() points the root logger at this test's captured stderr:
+    put the session's handlers back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_two_keys_of_one_caller_both_work_as_that_caller(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], restored_logging: None
+) -> None:
+    url = create_fresh_database("sqlite", tmp_path)
+    migrate(url)
+    settings = load_settings(
+        database_url=url,
+        environment="test",
+        log_format="json",
+        api_keys=f"billing:{OLD_KEY},billing:{NEW_KEY},crm:crm-key-000000000",
+    )
+    old = {"Authorization": f"Bearer {OLD_KEY}", "Idempotency-Key": "rotation-1"}
+    new = {"Authorization": f"Bearer {NEW_KEY}", "Idempotency-Key": "rotation-1"}
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as keyed:
+        created = keyed.post("/users", json=ADA, headers=old)
+        repeated = keyed.post("/users", json=ADA, headers=new)
+        read = keyed.get(f"/users/{created.json()['id']}", headers=new)
+    app.state.database.engine.dispose()
+
+    assert created.status_code == 201, created.text
+    # Idempotency keys belong to the caller: the new key sees the old one's.
+    assert repeated.status_code == 201 and repeated.headers["idempotency-replayed"] == "true"
+    assert read.status_code == 200, read.text
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    access = [line for line in lines if line["logger"] == "users_service.access"]
+    assert [line["caller"] for line in access] == ["billing"] * 3, access
+    assert OLD_KEY not in str(lines) and NEW_KEY not in str(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -135,6 +136,32 @@ def test_batch_with_an_invalid_item_is_422_naming_it_and_creates_nothing(
     problem = assert_problem(response, 422, "validation_failed")
     assert [error["loc"] for error in problem["errors"]] == [loc]
     assert user_count(client) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "raw_value"),
+    [
+        ("name", r'"\ud800"'),
+        ("name", r'"\ude00\ud83d"'),
+        ("email", r'"batch\ud800@example.com"'),
+        ("email", r'"\ude00\ud83dbatch@example.com"'),
+    ],
+    ids=["name-high", "name-low-before-high", "email-high", "email-low-before-high"],
+)
+def test_batch_item_with_lone_surrogate_is_422_naming_its_field_and_creates_nothing(
+    client: TestClient, field: str, raw_value: str
+) -> None:
+    # Sent as JSON escapes (valid JSON syntax): the item's field is refused.
+    users = batch_of(3)
+    text = json.dumps({"users": users}).replace(json.dumps(users[1][field]), raw_value)
+
+    response = client.post(
+        "/users/batch", content=text.encode(), headers={"Content-Type": "application/json"}
+    )
+
+    problem = assert_problem(response, 422, "validation_failed")
+    assert [error["loc"] for error in problem["errors"]] == [["body", "users", 1, field]]
+    assert user_count(client) == 0
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import asyncio
 import email.utils
 import json
 import random
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -50,7 +51,9 @@ from users_service_client.client import (
     UsersServiceError,
     ValidationFailed,
     VersionMismatch,
+    _opentelemetry,
     error_from_response,
+    forwarding,
     retry_after_seconds,
 )
 
@@ -751,3 +754,83 @@ def test_async_503_is_retried_after_its_retry_after(
     assert sleeps == [1.0]
     assert network.reached_app == 1
     assert [u["id"] for u in all_users(client)] == [str(user.id)]
+
+
+# --- forwarding the caller's request id and trace ----------------------------------
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def recording() -> tuple[list[httpx.Request], httpx.MockTransport]:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "ok"})
+
+    return seen, httpx.MockTransport(answer)
+
+
+def test_calls_in_a_forwarding_block_send_its_request_id_and_traceparent() -> None:
+    seen, transport = recording()
+    with UsersClient(BASE_URL, transport=transport) as users_client:
+        with forwarding(request_id="order-42", traceparent=TRACEPARENT):
+            users_client.health()
+        users_client.health()
+
+    assert seen[0].headers["x-request-id"] == "order-42"
+    assert seen[0].headers["traceparent"] == TRACEPARENT
+    assert "x-request-id" not in seen[1].headers and "traceparent" not in seen[1].headers
+
+
+def test_async_calls_in_a_forwarding_block_send_its_request_id_and_traceparent() -> None:
+    seen, transport = recording()
+
+    async def scenario() -> None:
+        async with AsyncUsersClient(BASE_URL, transport=transport) as users_client:
+            with forwarding(request_id="order-43", traceparent=TRACEPARENT):
+                await asyncio.gather(users_client.health(), users_client.health())
+
+    asyncio.run(scenario())
+
+    assert [request.headers["x-request-id"] for request in seen] == ["order-43"] * 2
+    assert [request.headers["traceparent"] for request in seen] == [TRACEPARENT] * 2
+
+
+def test_the_current_opentelemetry_span_is_forwarded_rather_than_a_given_traceparent() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    seen, transport = recording()
+    tracer = TracerProvider().get_tracer("caller")
+    with (
+        UsersClient(BASE_URL, transport=transport) as users_client,
+        tracer.start_as_current_span("handle order") as span,
+        forwarding(traceparent=TRACEPARENT),
+    ):
+        users_client.health()
+    context = span.get_span_context()
+
+    version, trace_id, span_id, _flags = seen[0].headers["traceparent"].split("-")
+    assert (version, trace_id, span_id) == (
+        "00",
+        f"{context.trace_id:032x}",
+        f"{context.span_id:016x}",
+    )
+
+
+def test_without_opentelemetry_installed_the_given_traceparent_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # import fails
+    _opentelemetry.cache_clear()
+    seen, transport = recording()
+    try:
+        with (
+            UsersClient(BASE_URL, transport=transport) as users_client,
+            forwarding(traceparent=TRACEPARENT),
+        ):
+            users_client.health()
+    finally:
+        _opentelemetry.cache_clear()
+
+    assert seen[0].headers["traceparent"] == TRACEPARENT

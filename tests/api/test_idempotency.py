@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -21,7 +22,16 @@ from sqlalchemy import func, insert, select, update
 
 from tests.helpers import assert_problem, race, user_count
 from users_service.api.auth import ANONYMOUS
-from users_service.idempotency import delete_expired, fingerprint
+from users_service.errors import IdempotencyKeyInUse
+from users_service.idempotency import (
+    Claim,
+    StoredAnswer,
+    claim,
+    delete_expired,
+    fingerprint,
+    release,
+    save_answer,
+)
 from users_service.main import create_app
 from users_service.models import idempotency_keys
 from users_service.settings import load_settings
@@ -514,6 +524,80 @@ def test_delete_expired_removes_keys_older_than_24_hours_and_keeps_newer(
     assert stored_rows(engine, keys["just-expired"]) == []
     assert len(stored_rows(engine, keys["nearly-expired"])) == 1
     assert len(stored_rows(engine, keys["fresh"])) == 1
+
+
+def claim_directly(client: TestClient, app: FastAPI, key: str) -> Claim:
+    """Claim `key` for FIRST_BODY as a request would, outside any request."""
+    assert client.portal is not None
+    claimed = client.portal.call(
+        partial(
+            claim,
+            database=app.state.database,
+            caller=ANONYMOUS,
+            endpoint=CREATE_ENDPOINT,
+            key=key,
+            request_hash=fingerprint(FIRST_BODY),
+        )
+    )
+    assert isinstance(claimed, Claim)
+    return claimed
+
+
+def test_release_frees_the_requests_own_claim_and_never_a_later_one(
+    client: TestClient, app: FastAPI
+) -> None:
+    database = app.state.database
+    portal = client.portal
+    assert portal is not None
+
+    released_key, kept_key = new_key(), new_key()
+    released = claim_directly(client, app, released_key)
+    portal.call(partial(release, database=database, claimed=released))
+    # A later request's claim of the same key (here: one that took over a
+    # claim its request never finished) survives the earlier one's release.
+    earlier = claim_directly(client, app, kept_key)
+    later = replace(earlier, claimed_at=earlier.claimed_at + timedelta(minutes=3))
+    with database.engine.begin() as connection:
+        connection.execute(
+            update(keys_table)
+            .where(keys_table.c.key == kept_key)
+            .values(created_at=later.claimed_at)
+        )
+    portal.call(partial(release, database=database, claimed=earlier))
+
+    assert stored_rows(database.engine, released_key) == []
+    assert len(stored_rows(database.engine, kept_key)) == 1
+
+
+def test_a_request_whose_claim_was_taken_over_can_store_nothing(
+    client: TestClient, app: FastAPI
+) -> None:
+    database = app.state.database
+    portal = client.portal
+    assert portal is not None
+    key = new_key()
+    first = claim_directly(client, app, key)
+    # Its request looks dead (no answer for longer than the in-flight
+    # timeout): a retry takes the key over and creates the user.
+    with database.engine.begin() as connection:
+        connection.execute(
+            update(keys_table)
+            .where(keys_table.c.key == key)
+            .values(created_at=datetime.now(UTC) - timedelta(minutes=3))
+        )
+    retried = post_json(client, "/users", FIRST_BODY, key)
+    assert retried.status_code == 201, retried.text
+
+    async def late_answer() -> None:
+        async with database.transaction() as connection:
+            await save_answer(
+                connection=connection, claimed=first, answer=StoredAnswer(201, {}, b"{}")
+            )
+
+    with pytest.raises(IdempotencyKeyInUse):
+        portal.call(late_answer)
+    assert_replay_of(post_json(client, "/users", FIRST_BODY, key), retried)
+    assert user_count(client) == 1
 
 
 # --- batch -------------------------------------------------------------------------------------

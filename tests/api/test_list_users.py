@@ -4,10 +4,13 @@ from datetime import UTC, timedelta, timezone
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from fastapi.testclient import TestClient
 
 from tests.helpers import assert_problem, create_user, forged_cursor, parse_timestamp
+from users_service.main import create_app
 from users_service.models import UserListQuery
 from users_service.pagination import SortOrder
+from users_service.settings import load_settings
 
 SORTS = ["created_at", "-created_at", "name", "-name", "email", "-email", "age", "-age"]
 LINK_NEXT = re.compile(r'^<([^>]+)>; rel="next"$')
@@ -638,3 +641,37 @@ def test_paging_while_users_are_created_and_deleted_sees_every_survivor_once(cli
     assert len(seen) == len(set(seen))
     survivors = {user["id"] for user in initial} - deleted
     assert survivors <= set(seen)
+
+
+def rotated_app(settings, cursor_secret):
+    """Another app on the same database, with CURSOR_SECRET=`cursor_secret`."""
+    return create_app(
+        load_settings(
+            database_url=settings.database_url,
+            environment="test",
+            log_level="WARNING",
+            cursor_secret=cursor_secret,
+        )
+    )
+
+
+def test_a_cursor_issued_before_a_cursor_secret_rotation_still_pages_after_it(client, settings):
+    users = [create_user(client) for _ in range(3)]
+    apps = [rotated_app(settings, secret) for secret in ("old", "new,old", "new")]
+    try:
+        with TestClient(apps[0]) as before:
+            first = before.get("/users", params={"limit": 2}).json()
+        with TestClient(apps[1]) as during:
+            second = during.get("/users", params={"limit": 2, "cursor": first["next_cursor"]})
+            fresh = during.get("/users", params={"limit": 2}).json()["next_cursor"]
+        with TestClient(apps[2]) as after:  # the old secret removed
+            stale = after.get("/users", params={"limit": 2, "cursor": first["next_cursor"]})
+            signed_by_new = after.get("/users", params={"limit": 2, "cursor": fresh})
+    finally:
+        for app in apps:
+            app.state.database.engine.dispose()
+
+    assert second.status_code == 200, second.text
+    assert [user["id"] for user in second.json()["items"]] == [users[2]["id"]]
+    assert signed_by_new.status_code == 200, signed_by_new.text
+    assert_problem(stale, 422, "validation_failed")

@@ -120,16 +120,59 @@ def test_name_with_control_character_is_refused(client: TestClient, method: str,
     assert_invalid(response, ["body", "name"])
 
 
+# Lone surrogates sent as JSON escapes: valid JSON syntax, so the field (not
+# the body) is what is refused. A high one alone, a low one alone, a low one
+# before a high one (a pair in the wrong order), a high one at the end.
+LONE_SURROGATES = {
+    "name": [r'"\ud800"', r'"Ada\udfffLovelace"', r'"\ude00\ud83d"', r'"Ada\ud83d"'],
+    "email": [r'"ada\ud800@example.com"', r'"\ude00\ud83dada@example.com"'],
+}
+
+
 @pytest.mark.parametrize(
-    "raw_name",
-    [r'"\ud800"', r'"Ada\udfffLovelace"', r'"\ude00\ud83d"', r'"Ada\ud83d"'],
+    ("field", "raw_value"),
+    [(field, raw) for field, values in LONE_SURROGATES.items() for raw in values],
 )
 @pytest.mark.parametrize("method", WRITE_METHODS)
-def test_name_with_lone_surrogate_is_refused(
-    client: TestClient, method: str, raw_name: str
+def test_field_with_lone_surrogate_is_refused_naming_the_field(
+    client: TestClient, method: str, field: str, raw_value: str
 ) -> None:
-    response = send_text(client, method, write_path(client, method), body_with("name", raw_name))
+    response = send_text(client, method, write_path(client, method), body_with(field, raw_value))
     assert_invalid(response)
+    assert [error["loc"] for error in response.json()["errors"]] == [["body", field]]
+
+
+def test_unknown_field_named_with_a_lone_surrogate_is_refused_naming_it_escaped(
+    client: TestClient,
+) -> None:
+    response = send_text(client, "POST", "/users", body_with("\\ud800", "1"))
+    assert_invalid(response)
+    assert [error["loc"] for error in response.json()["errors"]] == [["body", "\\ud800"]]
+
+
+@pytest.mark.parametrize(
+    "raw_age",
+    ["NaN", "Infinity", "1e309", '"a" "b"'],
+    ids=["nan", "infinity", "float-out-of-range", "not-json"],
+)
+def test_body_with_a_lone_surrogate_is_still_refused_when_it_is_not_json(
+    client: TestClient, raw_age: str
+) -> None:
+    # The surrogate makes the body take the second reading: it must refuse
+    # what orjson refuses, as unparsable JSON.
+    body = body_with("name", r'"\ud800"')[:-1] + f', "nickname": {raw_age}}}'
+    response = send_text(client, "POST", "/users", body)
+    assert_invalid(response)
+    assert [error["loc"] for error in response.json()["errors"]] == [["body"]]
+
+
+def test_body_with_a_lone_surrogate_and_invalid_utf8_is_refused_as_unparsable(
+    client: TestClient,
+) -> None:
+    body = body_with("name", r'"\ud800"').encode()[:-1] + b', "x": "\xff"}'
+    response = client.post("/users", content=body, headers={"Content-Type": "application/json"})
+    assert_invalid(response)
+    assert [error["loc"] for error in response.json()["errors"]] == [["body"]]
 
 
 def test_surrogate_pair_escape_is_the_character_it_encodes(client: TestClient) -> None:

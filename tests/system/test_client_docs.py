@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,10 @@ def client_examples() -> list[str]:
     return FENCED_PYTHON.findall((REPO_ROOT / "docs" / "client.md").read_text(encoding="utf-8"))
 
 
-def test_the_client_docs_have_sync_and_async_examples() -> None:
+def test_the_client_docs_have_sync_async_and_forwarding_examples() -> None:
     examples = client_examples()
 
-    assert len(examples) == 2
+    assert len(examples) == 3
     assert all(README_URL in example for example in examples)
 
 
@@ -43,6 +44,11 @@ def test_the_client_docs_examples_run_against_a_real_server(
             code = compile(example.replace(README_URL, server.base_url), "docs/client.md", "exec")
             with contextlib.redirect_stdout(output):
                 exec(code, {"__name__": "readme_example"})  # noqa: S102 - our own docs
+        # Access lines are written at most half a second late; 10 s spares a busy machine.
+        deadline = time.monotonic() + 10
+        while "request_id=order-42" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = server.log()
 
     printed = output.getvalue().splitlines()
     assert printed[1] == "409 email_taken ('body', 'email')"
@@ -51,5 +57,7 @@ def test_the_client_docs_examples_run_against_a_real_server(
         "Alan Turing 41",
         "2 3 True",
         "grace@example.com",
+        "1",
     ]
     assert user_count(client) == 2  # Grace and Alan; Ada was deleted
+    assert "GET /users 200 request_id=order-42 " in log  # forwarded by the third

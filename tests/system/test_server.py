@@ -70,13 +70,17 @@ def test_user_created_before_restart_is_read_back_unchanged(backend: str, tmp_pa
 
 
 def refuse_to_serve(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    # The variables go in before the suite's cursor secret is added, so a
+    # production refusal sees no secret at all.
     env = service_env(
-        DATABASE_URL=f"sqlite:///{tmp_path / 'refused.db'}",
-        HOST="127.0.0.1",
-        PORT=str(free_port()),
-        ENVIRONMENT="test",
+        **{
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'refused.db'}",
+            "HOST": "127.0.0.1",
+            "PORT": str(free_port()),
+            "ENVIRONMENT": "test",
+            **variables,
+        }
     )
-    env.update(variables)
     return subprocess.run(
         SERVE_COMMAND,
         cwd=REPO_ROOT,
@@ -94,7 +98,14 @@ def refuse_to_serve(tmp_path: Path, **variables: str) -> subprocess.CompletedPro
         pytest.param({"PORT": "notaport"}, "PORT", id="port-not-a-number"),
         pytest.param({"PORT": "70000"}, "PORT", id="port-out-of-range"),
         pytest.param({"DB_POOL_SIZE": "0"}, "DB_POOL_SIZE", id="pool-size-zero"),
-        pytest.param({"ENVIRONMENT": "production"}, "CURSOR_SECRET", id="production-no-secret"),
+        pytest.param(
+            {"ENVIRONMENT": "production"}, "CURSOR_SECRET.*API_KEYS", id="production-no-secret"
+        ),
+        pytest.param(
+            {"ENVIRONMENT": "production", "CURSOR_SECRET": "", "API_KEYS": "w:" + "k" * 16},
+            "CURSOR_SECRET",
+            id="production-empty-secret",
+        ),
         pytest.param({"DATABASE_URL": "oracle://u@h/db"}, "DATABASE_URL", id="unsupported-db"),
         pytest.param(
             {"ENVIRONMENT": "production", "CURSOR_SECRET": "s" * 32, "API_KEYS": "w:1"},

@@ -11,31 +11,27 @@ connection turns into a 500.
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, create_engine, pool, select, text
+from sqlalchemy import Engine, select, text
 
-from tests.databases import migrate
 from tests.helpers import race
-from tests.server import RunningServer, free_port, running_server
-from users_service.api.problems import STATEMENT_TIMEOUT_DETAIL
+from tests.server import RunningServer, running_server
+from tests.topology import (
+    POSTGRES_BIN,
+    ThrowawayPostgres,
+    assert_unavailable,
+    throwaway_postgres,
+)
 from users_service.models import users
-from users_service.settings import load_settings
 
-POSTGRES_BIN = Path(os.environ.get("POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
 CONNECT_TIMEOUT_SECONDS = 2
 # Every answer while the database is down must come within the connect
 # timeout, plus slack for a busy machine; a request that hangs fails this.
@@ -53,81 +49,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@dataclass
-class ThrowawayPostgres:
-    """A PostgreSQL cluster of the test's own: data, socket and log in `root`."""
-
-    root: Path
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/users"
-
-    def _run(self, *command: str) -> None:
-        # PostgreSQL refuses to run as root: run its tools as `postgres`.
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run(
-            [*prefix, *command], check=True, capture_output=True, timeout=120, cwd=self.root
-        )
-
-    def init(self) -> None:
-        self._run(
-            str(POSTGRES_BIN / "initdb"),
-            "--pgdata",
-            str(self.root / "data"),
-            "--username",
-            "postgres",
-            "--auth",
-            "trust",
-            "--encoding",
-            "UTF8",
-            "--no-sync",
-        )
-
-    def start(self) -> None:
-        options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c shared_buffers=16MB -c max_connections=30"
-        )
-        self._pg_ctl(
-            "start", "-w", "-t", "60", "-l", str(self.root / "postgres.log"), "-o", options
-        )
-
-    def stop(self, mode: str) -> None:
-        self._pg_ctl("stop", "-w", "-t", "60", "-m", mode)
-
-    def is_running(self) -> bool:
-        return (self.root / "data" / "postmaster.pid").exists()
-
-    def _pg_ctl(self, *args: str) -> None:
-        self._run(str(POSTGRES_BIN / "pg_ctl"), "--pgdata", str(self.root / "data"), *args)
-
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[ThrowawayPostgres]:
-    root = Path(tempfile.mkdtemp(prefix="users-service-outage-"))
-    if os.geteuid() == 0:
-        account = pwd.getpwnam("postgres")
-        os.chown(root, account.pw_uid, account.pw_gid)
-    cluster = ThrowawayPostgres(root, free_port())
-    try:
-        cluster.init()
-        cluster.start()
-        admin = create_engine(
-            cluster.url.replace("/users", "/postgres"),
-            poolclass=pool.NullPool,
-            isolation_level="AUTOCOMMIT",
-        )
-        with admin.connect() as connection:
-            connection.execute(text("CREATE DATABASE users"))
-        admin.dispose()
-        migrate(cluster.url)
+    with throwaway_postgres("users-service-outage-") as cluster:
         yield cluster
-    finally:
-        if cluster.is_running():
-            cluster.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -144,9 +69,7 @@ def cluster(postgres: ThrowawayPostgres) -> ThrowawayPostgres:
 
 def direct_engine(cluster: ThrowawayPostgres) -> Engine:
     """The test's own way into the cluster, beside the service."""
-    return create_engine(
-        load_settings(database_url=cluster.url).sqlalchemy_url, poolclass=pool.NullPool
-    )
+    return cluster.engine()
 
 
 def timed(
@@ -155,15 +78,6 @@ def timed(
     started = time.monotonic()
     response = client.request(method, path, **kwargs)
     return response, time.monotonic() - started
-
-
-def assert_unavailable(response: httpx.Response) -> None:
-    assert response.status_code == 503, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    assert response.json()["code"] == "service_unavailable"
-    assert response.json()["detail"] != STATEMENT_TIMEOUT_DETAIL
-    assert int(response.headers["retry-after"]) > 0
-    assert "psycopg" not in response.text.lower() and "127.0.0.1" not in response.text
 
 
 def assert_healthy_but_not_ready(client: httpx.Client) -> None:

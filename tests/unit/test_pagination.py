@@ -75,3 +75,18 @@ def test_a_cursor_from_another_secret_sort_or_filters_is_refused() -> None:
     ]:
         with pytest.raises(InvalidCursor):
             codec.decode(cursor, SortOrder.parse(sort), context)
+
+
+def test_a_cursor_signed_before_a_rotation_verifies_while_its_secret_is_listed() -> None:
+    order = SortOrder.parse("name")
+    before = CursorCodec("old").encode(order, CONTEXT, ("Ada", USER_ID))
+    during = CursorCodec(["new", "old"])
+    after = CursorCodec("new")
+
+    assert during.decode(before, order, CONTEXT) == ("Ada", USER_ID)
+    fresh = during.encode(order, CONTEXT, ("Ada", USER_ID))
+    assert after.decode(fresh, order, CONTEXT) == ("Ada", USER_ID)  # the first signs
+    with pytest.raises(InvalidCursor):
+        after.decode(before, order, CONTEXT)
+    with pytest.raises(InvalidCursor):
+        CursorCodec("old").decode(fresh, order, CONTEXT)

@@ -7,8 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
+from sqlalchemy import create_engine
 
+from users_service.db.engine import postgresql_connect_args, transaction_settings
 from users_service.settings import (
+    DEVELOPMENT_CURSOR_SECRET,
     MIN_PRODUCTION_KEY_LENGTH,
     Environment,
     LogLevel,
@@ -334,3 +338,126 @@ def test_a_refusal_names_every_missing_or_invalid_setting_at_once() -> None:
     message = str(refused.value)
     for named in ("PORT", "DATABASE_URL", "API_KEYS", "CURSOR_SECRET"):
         assert named in message, (named, message)
+
+
+# --- rotation: several cursor secrets, secrets from files ---------------------------
+
+
+def test_cursor_secret_may_list_several_secrets_the_first_signing() -> None:
+    settings = load_settings(cursor_secret=" new-secret , old-secret,")
+
+    assert settings.cursor_secrets == ["new-secret", "old-secret"]
+
+
+@pytest.mark.parametrize("value", ["", ",", " , "])
+def test_a_cursor_secret_without_any_secret_counts_as_unset(value: str) -> None:
+    assert load_settings(cursor_secret=value).cursor_secrets == [DEVELOPMENT_CURSOR_SECRET]
+    with pytest.raises(SettingsError, match=r"\bCURSOR_SECRET\b.*built-in one is public"):
+        load_settings(cursor_secret=value, environment="test")
+
+
+def test_the_built_in_cursor_secret_among_several_is_refused_outside_development() -> None:
+    with pytest.raises(SettingsError, match=r"\bCURSOR_SECRET\b.*built-in one is public"):
+        load_settings(environment="test", cursor_secret=f"new-secret,{DEVELOPMENT_CURSOR_SECRET}")
+
+
+SECRET_VALUES = {
+    "API_KEYS": ("billing:k1,billing:k2", "api_keys"),
+    "API_READ_KEYS": ("reports:k3", "api_read_keys"),
+    "CURSOR_SECRET": ("new-secret,old-secret", "cursor_secret"),
+    "DATABASE_URL": ("postgresql://u:p%40ss@db.example:5432/users", "database_url"),
+}
+
+
+@pytest.mark.parametrize("variable", SECRET_VALUES)
+@pytest.mark.parametrize("ending", ["", "\n", "\r\n", "\n\n"])
+def test_each_secret_may_be_read_from_a_file_without_its_trailing_line_break(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, ending: str
+) -> None:
+    value, field = SECRET_VALUES[variable]
+    (tmp_path / "secret").write_text(value + ending, encoding="utf-8", newline="")
+    monkeypatch.setenv(f"{variable}_FILE", str(tmp_path / "secret"))
+
+    if variable != "CURSOR_SECRET":
+        monkeypatch.setenv("CURSOR_SECRET", "a-private-value")  # API keys need one
+
+    read = getattr(load_settings(), field)
+
+    assert (read.get_secret_value() if isinstance(read, SecretStr) else read) == value
+
+
+@pytest.mark.parametrize("variable", SECRET_VALUES)
+def test_a_secret_and_its_file_both_set_is_refused_naming_both(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str
+) -> None:
+    value, _ = SECRET_VALUES[variable]
+    (tmp_path / "secret").write_text(value, encoding="utf-8")
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setenv(f"{variable}_FILE", str(tmp_path / "secret"))
+
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+
+    assert f"{variable} and {variable}_FILE are both set" in str(refused.value)
+
+
+def test_unreadable_or_empty_secret_files_are_all_named_never_their_contents(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").write_text("\n", encoding="utf-8")
+    (tmp_path / "binary").write_bytes(b"billing:\xff\xfe-hunter2")
+    monkeypatch.setenv("API_KEYS_FILE", str(tmp_path / "binary"))
+    monkeypatch.setenv("CURSOR_SECRET_FILE", str(tmp_path / "empty"))
+    monkeypatch.setenv("DATABASE_URL_FILE", str(tmp_path / "missing"))
+
+    with pytest.raises(SettingsError) as refused:
+        load_settings(environment="production")
+
+    message = str(refused.value)
+    assert "API_KEYS_FILE" in message and "not UTF-8" in message
+    assert "CURSOR_SECRET_FILE" in message and "is empty" in message
+    assert "DATABASE_URL_FILE" in message and "No such file" in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    [
+        "postgresql://u:p%40ss@db1.internal:5432,db2.internal:5433/users"
+        "?target_session_attrs=read-write",
+        "postgresql+psycopg://u:p%40ss@db1.internal:5432,db2.internal:5433/users"
+        "?target_session_attrs=read-write",
+    ],
+)
+def test_a_list_of_postgresql_hosts_reaches_libpq_as_a_list(database_url: str) -> None:
+    url = load_settings(database_url=database_url).sqlalchemy_url
+    _, libpq = create_engine(url).dialect.create_connect_args(url)
+
+    assert url.drivername == "postgresql+psycopg"
+    assert (libpq["host"], libpq["port"]) == ("db1.internal,db2.internal", "5432,5433")
+    assert (libpq["user"], libpq["password"], libpq["dbname"]) == ("u", "p@ss", "users")
+    assert libpq["target_session_attrs"] == "read-write"
+
+
+def test_a_host_list_with_an_empty_host_is_refused_without_quoting_the_url() -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(database_url="postgresql://u:secret@db1:5432,/users")
+
+    assert "DATABASE_URL" in str(refused.value) and "secret" not in str(refused.value)
+
+
+def test_behind_a_transaction_pooler_no_startup_options_and_no_prepared_statements() -> None:
+    pooled = load_settings(
+        database_url="postgresql://u@h/db", db_pooler="transaction", db_statement_timeout_ms=1500
+    )
+    direct = load_settings(database_url="postgresql://u@h/db", db_statement_timeout_ms=1500)
+
+    assert "options" not in postgresql_connect_args(pooled, None, "-c TimeZone=UTC")
+    assert postgresql_connect_args(pooled, None)["prepare_threshold"] is None
+    assert transaction_settings(pooled) == (
+        "BEGIN; SET LOCAL TimeZone = 'UTC'; SET LOCAL statement_timeout = 1500"
+    )
+    assert postgresql_connect_args(direct, None, "-c TimeZone=UTC")["options"] == (
+        "-c statement_timeout=1500 -c TimeZone=UTC"
+    )
+    assert "prepare_threshold" not in postgresql_connect_args(direct, None)

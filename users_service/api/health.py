@@ -28,7 +28,12 @@ class Readiness(BaseModel):
     schema_: Literal["current", "behind", "ahead", "unknown"] = Field(alias="schema")
 
 
-@router.get("/healthz", response_model=Health, operation_id="check_health")
+@router.get(
+    "/healthz",
+    response_model=Health,
+    operation_id="check_health",
+    summary="Check that the process is alive",
+)
 async def healthz() -> JSONResponse:
     """The process is alive. Touches no database."""
     return JSONResponse({"status": "ok"})
@@ -37,6 +42,7 @@ async def healthz() -> JSONResponse:
 @router.get(
     "/metrics",
     operation_id="get_metrics",
+    summary="Prometheus metrics",
     response_class=PlainTextResponse,
     responses={200: {"content": {PROMETHEUS_TEXT: {}}, "description": "Prometheus text format."}},
 )
@@ -49,6 +55,7 @@ async def metrics() -> Response:
     "/readyz",
     response_model=Readiness,
     operation_id="check_readiness",
+    summary="Check that the service can serve",
     responses={503: {"model": Readiness, "description": "Not ready: the body says why."}},
 )
 async def readyz(database: DatabaseDep, request: Request) -> JSONResponse:

@@ -13,7 +13,9 @@ caller's cap is refused 429 (`idempotency.KeyUsage`).
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from contextlib import suppress
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
@@ -24,6 +26,7 @@ from starlette.responses import Response
 from users_service import idempotency
 from users_service.api.problems import error_response
 from users_service.db.database import Connection, Database
+from users_service.errors import IdempotencyKeyInUse
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -100,6 +103,9 @@ def flow(
         database: Database = request.app.state.database
         usage: idempotency.KeyUsage = request.app.state.idempotency_usage
         caller: str = request.state.caller
+        in_flight_timeout = timedelta(
+            seconds=request.app.state.settings.idempotency_in_flight_timeout_seconds
+        )
         outcome = await idempotency.claim(
             database=database,
             caller=caller,
@@ -107,6 +113,7 @@ def flow(
             key=key,
             request_hash=idempotency.fingerprint(await request.body()),
             usage=usage,
+            in_flight_timeout=in_flight_timeout,
         )
         if isinstance(outcome, idempotency.StoredAnswer):
             return replay(outcome)
@@ -124,10 +131,12 @@ def flow(
         if outcome.saved:  # a success, stored with its write
             usage.answered(caller, size)
         elif usage.keeps_answer(response.status_code, size):
-            await idempotency.save_answer_now(
-                database=database, claimed=outcome, answer=answer_of(response)
-            )
-            usage.answered(caller, size)
+            # IdempotencyKeyInUse: a retry took the claim over; its answer is kept.
+            with suppress(IdempotencyKeyInUse):
+                await idempotency.save_answer_now(
+                    database=database, claimed=outcome, answer=answer_of(response)
+                )
+                usage.answered(caller, size)
         else:  # a 5xx, or a 4xx too large to keep: the retry runs again
             await idempotency.release(database=database, claimed=outcome)
             usage.released(caller)

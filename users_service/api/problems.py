@@ -84,6 +84,9 @@ HEADERS: dict[ErrorCode, dict[str, str]] = {
     ErrorCode.IDEMPOTENCY_QUOTA_EXCEEDED: {
         "Retry-After": str(IDEMPOTENCY_QUOTA_RETRY_AFTER_SECONDS)
     },
+    # The first request with the key is still running (or its process died:
+    # see IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS); ask again in a second.
+    ErrorCode.IDEMPOTENCY_KEY_IN_USE: {"Retry-After": "1"},
 }
 
 

@@ -9,7 +9,8 @@ the same connection settings:
   marked with WRITE_OPTION takes the write lock up front (`BEGIN
   IMMEDIATE`), so that concurrent writers queue on the lock instead of
   failing half-way through.
-- PostgreSQL: connect and TCP timeouts, and the statement timeout.
+- PostgreSQL: connect and TCP timeouts, and the statement timeout (in each
+  transaction instead behind a transaction-mode pooler, DB_POOLER).
 - MariaDB/MySQL: connect and I/O timeouts, and the statement limit.
 """
 
@@ -22,7 +23,7 @@ import anyio.to_thread
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection
 
-from users_service.settings import Settings
+from users_service.settings import DbPooler, Settings
 
 # Execution option that marks a connection's transaction as one that writes.
 WRITE_OPTION = "users_service_write"
@@ -64,6 +65,8 @@ def create_db_engine(settings: Settings) -> Engine:
     )
     if backend == "sqlite":
         _configure_sqlite(engine, settings)
+    elif backend == "postgresql" and settings.db_pooler is DbPooler.transaction:
+        _set_per_transaction(engine, settings)
     elif backend in ("mysql", "mariadb") and settings.db_statement_timeout_ms:
         _limit_mysql_statements(engine, settings.db_statement_timeout_ms)
     return engine
@@ -91,18 +94,52 @@ def postgresql_connect_args(
 ) -> dict[str, Any]:
     """libpq's connection arguments: timeouts, and `options` that set
     statement_timeout (and `extra_options`) when the connection starts (no
-    extra round trip), after any options the URL itself gives."""
-    options = [url_options] if isinstance(url_options, str) else []
-    if settings.db_statement_timeout_ms:
-        options.append(f"-c statement_timeout={settings.db_statement_timeout_ms}")
-    options += extra_options
+    extra round trip), after any options the URL itself gives.
+
+    Behind a transaction-mode pooler (DB_POOLER=transaction) a connection
+    is not one server session: no startup options (PgBouncer refuses them,
+    and the server connection it hands out is shared), and no server-side
+    prepared statements (psycopg prepares a statement run five times; the
+    next transaction may land on a server connection that never saw it).
+    The settings go into each transaction instead (`transaction_settings`).
+    """
     connect_args: dict[str, Any] = {
         "connect_timeout": settings.db_connect_timeout_seconds,
         **POSTGRESQL_TCP_TIMEOUTS,
     }
+    if settings.db_pooler is DbPooler.transaction:
+        connect_args["prepare_threshold"] = None
+        if isinstance(url_options, str):
+            connect_args["options"] = url_options  # the operator's own
+        return connect_args
+    options = [url_options] if isinstance(url_options, str) else []
+    if settings.db_statement_timeout_ms:
+        options.append(f"-c statement_timeout={settings.db_statement_timeout_ms}")
+    options += extra_options
     if options:
         connect_args["options"] = " ".join(options)
     return connect_args
+
+
+def transaction_settings(settings: Settings) -> str:
+    """Behind a transaction-mode pooler: the statements that open a
+    transaction with what the startup options set otherwise (one round
+    trip, the simple protocol: no parameters)."""
+    statements = ["BEGIN", "SET LOCAL TimeZone = 'UTC'"]
+    if settings.db_statement_timeout_ms:
+        statements.append(f"SET LOCAL statement_timeout = {settings.db_statement_timeout_ms}")
+    return "; ".join(statements)
+
+
+def _set_per_transaction(engine: Engine, settings: Settings) -> None:
+    """Behind a transaction-mode pooler, SQLAlchemy's transactions (import,
+    export, /readyz's engine) get the statement timeout and time zone too."""
+    begin_settings = transaction_settings(settings).split("; ")[1:]
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        for statement in begin_settings:
+            connection.exec_driver_sql(statement)
 
 
 def _limit_mysql_statements(engine: Engine, timeout_ms: int) -> None:

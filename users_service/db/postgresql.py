@@ -17,10 +17,10 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import Dialect
 
 from users_service.db.database import Connection, PooledDatabase
-from users_service.db.engine import postgresql_connect_args
+from users_service.db.engine import postgresql_connect_args, transaction_settings
 from users_service.db.errors import translated, unavailable
 from users_service.db.statements import Row, Statement
-from users_service.settings import Settings
+from users_service.settings import DbPooler, Settings
 
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 
@@ -72,12 +72,19 @@ def _still_open(raw: psycopg.AsyncConnection[Any]) -> bool:
 class PostgresDatabase(PooledDatabase):
     def __init__(self, engine: Engine, settings: Settings) -> None:
         super().__init__(engine, settings)
-        url = engine.url.set(drivername="postgresql")
-        self._connect_args = postgresql_connect_args(
-            settings, url.query.get("options"), "-c TimeZone=UTC"
-        )
-        self._conninfo = url.difference_update_query(["options"]).render_as_string(
-            hide_password=False
+        # libpq's own keywords, as SQLAlchemy's dialect reads the URL (a list
+        # of hosts included: `host=h1,h2 port=5432,5432`).
+        _, url_args = engine.dialect.create_connect_args(engine.url)
+        url_args.pop("context", None)
+        url_options = url_args.pop("options", None)
+        self._connect_args = {
+            **url_args,
+            **postgresql_connect_args(settings, url_options, "-c TimeZone=UTC"),
+        }
+        # Behind a transaction-mode pooler every unit of work, reads too, is
+        # a transaction that sets what startup options would (see engine.py).
+        self._begin = (
+            transaction_settings(settings) if settings.db_pooler is DbPooler.transaction else None
         )
 
     async def _close(self, raw: psycopg.AsyncConnection[Any]) -> None:
@@ -89,9 +96,7 @@ class PostgresDatabase(PooledDatabase):
                 return cast(psycopg.AsyncConnection[Any], idle)
             await self._retire(idle)
         try:
-            raw = await psycopg.AsyncConnection.connect(
-                self._conninfo, autocommit=True, **self._connect_args
-            )
+            raw = await psycopg.AsyncConnection.connect(autocommit=True, **self._connect_args)
         except psycopg.Error as error:
             raise unavailable(error) from error
         return self._born(raw)
@@ -112,6 +117,10 @@ class PostgresDatabase(PooledDatabase):
     async def _connection(self, *, write: bool) -> AsyncIterator[Connection]:
         connection = _PostgresConnection(await self._acquire(), self.dialect)
         try:
+            if self._begin is not None:
+                async with self._pooled_transaction(connection):
+                    yield connection
+                return
             if not write:
                 yield connection
                 return
@@ -123,3 +132,30 @@ class PostgresDatabase(PooledDatabase):
                 raise unavailable(error) from error
         finally:
             await self._release(connection.raw, connection.failed)
+
+    @asynccontextmanager
+    async def _pooled_transaction(self, connection: _PostgresConnection) -> AsyncIterator[None]:
+        """BEGIN and the SET LOCALs in one round trip, then COMMIT (ROLLBACK
+        on an error): nothing outlives the transaction, which is all a
+        transaction-mode pooler keeps on one server connection."""
+        assert self._begin is not None
+        raw = connection.raw
+        try:
+            await raw.execute(self._begin)
+        except _UNAVAILABLE as error:
+            connection.failed = True
+            raise unavailable(error) from error
+        try:
+            yield
+        except BaseException:
+            if not connection.failed and not raw.closed:
+                try:
+                    await raw.execute("ROLLBACK")
+                except psycopg.Error:
+                    connection.failed = True
+            raise
+        try:
+            await raw.execute("COMMIT")
+        except _UNAVAILABLE as error:
+            connection.failed = True
+            raise unavailable(error) from error

@@ -12,13 +12,25 @@ from sqlalchemy.engine import Connection
 
 from users_service.db.errors import is_unavailable
 
-ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# Installed from the wheel: the migrations travel inside the package (the
+# wheel carries the checkout's top-level migrations/ there, pyproject.toml).
+INSTALLED_MIGRATIONS = PACKAGE_DIR / "migrations"
+# A checkout (or an editable install): the developers' alembic.ini, whose
+# script_location is the top-level migrations/.
+ALEMBIC_INI = PACKAGE_DIR.parent / "alembic.ini"
 
 SchemaState = Literal["current", "behind", "ahead", "unknown"]
 
 
 def alembic_config(database_url: str | None = None) -> Config:
-    config = Config(str(ALEMBIC_INI))
+    """Alembic's configuration for the migrations that came with this code."""
+    if (INSTALLED_MIGRATIONS / "env.py").is_file():
+        config = Config()
+        config.set_main_option("script_location", str(INSTALLED_MIGRATIONS))
+        config.set_main_option("path_separator", "os")
+    else:
+        config = Config(str(ALEMBIC_INI))
     if database_url is not None:
         config.attributes["database_url"] = database_url
     return config

@@ -27,6 +27,8 @@ from users_service_client.client import (
     ValidationFailed,
     VersionMismatch,
     __version__,
+    forwarded_headers,
+    forwarding,
 )
 from users_service_client.models import (
     ErrorCode,
@@ -70,4 +72,6 @@ __all__ = [
     "ValidationFailed",
     "VersionMismatch",
     "__version__",
+    "forwarded_headers",
+    "forwarding",
 ]

@@ -46,12 +46,15 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import logging
 import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -576,6 +579,66 @@ class Attempts:
         return delay
 
 
+# --- request ids and traces ------------------------------------------------------------
+
+_FORWARDED: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "users_service_client_forwarded", default=None
+)
+_TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+@contextmanager
+def forwarding(*, request_id: str | None = None, traceparent: str | None = None) -> Iterator[None]:
+    """Calls made in this block (by this thread or task, and the tasks it
+    starts) send `X-Request-ID: <request_id>` and `traceparent: <traceparent>`,
+    so that the service's log lines and spans join the caller's own request.
+
+    With OpenTelemetry installed and a span current, that span's
+    `traceparent` (and `tracestate`) is sent instead of the one given here.
+    """
+    headers = dict(_FORWARDED.get() or {})
+    if request_id is not None:
+        headers["X-Request-ID"] = request_id
+    if traceparent is not None:
+        headers["traceparent"] = traceparent
+    token = _FORWARDED.set(headers)
+    try:
+        yield
+    finally:
+        _FORWARDED.reset(token)
+
+
+def forwarded_headers() -> dict[str, str]:
+    """What a call made now forwards: `forwarding()`'s headers, and the
+    current OpenTelemetry span's trace context when there is one."""
+    headers = dict(_FORWARDED.get() or {})
+    headers.update(_current_trace_context())
+    return headers
+
+
+@functools.cache
+def _opentelemetry() -> tuple[Any, Any] | None:
+    """opentelemetry's propagate and trace modules, or None: the client does
+    not depend on it, and uses it when the application has it."""
+    try:
+        from opentelemetry import propagate, trace
+    except ImportError:
+        return None
+    return propagate, trace
+
+
+def _current_trace_context() -> dict[str, str]:
+    found = _opentelemetry()
+    if found is None:
+        return {}
+    propagate, trace = found
+    if not trace.get_current_span().get_span_context().is_valid:
+        return {}
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return {name: value for name, value in carrier.items() if name in _TRACE_HEADERS}
+
+
 # --- the clients -----------------------------------------------------------------------
 
 
@@ -600,7 +663,7 @@ class _ClientBase:
 
     def _request(self, http: httpx.Client | httpx.AsyncClient, call: Call[Any]) -> httpx.Request:
         content = None
-        headers = dict(call.headers)
+        headers = {**forwarded_headers(), **call.headers}
         if call.body is not None:
             content = json.dumps(call.body, separators=(",", ":")).encode()
             headers["Content-Type"] = "application/json"
