@@ -49,6 +49,11 @@ INDEXED = (
 UNINDEXED = (
     ("name substring", "/users?limit=50&name=ovela"),
     ("name substring, no match", "/users?limit=50&name=zqxj"),
+    # Name search (issue 13): many (17%), a few (0.3%), none; 1 and 200 characters.
+    ("name, many, 3 characters", "/users?limit=50&name=son"),
+    ("name, 0.3%, 12 characters", "/users?limit=50&name=Ada%20Lovelace"),
+    ("name, none, 1 character", "/users?limit=50&name=x"),
+    ("name, none, 200 characters", "/users?limit=50&name=" + "Zx%20Wv%20" * 33 + "Zx"),
     ("include_total", "/users?limit=50&include_total=true"),
 )
 

@@ -26,8 +26,11 @@ target_metadata = models.metadata
 def include_object(
     obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
 ) -> bool:
-    """Leave the hand-made, PostgreSQL-only indexes out of autogenerate."""
-    return not (type_ == "index" and name in models.POSTGRESQL_ONLY_INDEXES)
+    """Leave the hand-made objects out of autogenerate: the PostgreSQL-only
+    indexes and the name search tables of SQLite and MariaDB."""
+    if type_ == "index" and name in models.POSTGRESQL_ONLY_INDEXES:
+        return False
+    return not (type_ == "table" and name in models.NAME_SEARCH_TABLES)
 
 
 def database_url() -> str:

@@ -36,13 +36,14 @@ from sqlalchemy import (
     update,
 )
 
+from users_service.db import name_search
 from users_service.db.database import Connection
 from users_service.db.errors import UniqueViolation
 from users_service.db.rendering import UserRecord, json_value, to_record, user_json
-from users_service.db.statements import compiled
+from users_service.db.statements import Row, compiled
 from users_service.errors import EmailTaken, UserNotFound, VersionMismatch
 from users_service.models import EDITABLE_FIELDS, UserFields, UserListQuery, users
-from users_service.pagination import SortOrder
+from users_service.pagination import SortOrder, typed_key
 from users_service.preconditions import VersionCondition
 
 
@@ -284,18 +285,57 @@ def _conditions(filters: Sequence[str]) -> list[ColumnElement[bool]]:
 
 
 def page_statement(
-    filters: Sequence[str], order: SortOrder, *, after: bool, dialect: str
+    filters: Sequence[str],
+    order: SortOrder,
+    *,
+    after: bool,
+    dialect: str,
+    until: bool = False,
+    search: Sequence[str] = (),
 ) -> Select[Any]:
     """The SELECT for one page: the users as JSON, one more than `limit` (to
-    see whether more follow), from the key in `after_value`, `after_id`."""
+    see whether more follow), from the key in `after_value`, `after_id`;
+    `until`: up to the key in `until_value`, `until_id` (a window's end);
+    `search`: the name index's values (name_search.search_values) too."""
     statement = select(user_json(dialect)).where(*_conditions(filters))
+    if search:
+        statement = name_search.restrict(statement, dialect, search)
     if after:
         key = (
             bindparam("after_value", type_=users.c[order.field].type),
             bindparam("after_id", type_=users.c.id.type),
         )
         statement = statement.where(order.after(key, dialect))
+    if until:
+        end = (
+            bindparam("until_value", type_=users.c[order.field].type),
+            bindparam("until_id", type_=users.c.id.type),
+        )
+        statement = statement.where(order.up_to(end, dialect))
     return statement.order_by(*order.order_by()).limit(bindparam("limit", type_=Integer))
+
+
+# A name query is first tried on the users that follow the cursor in the
+# page's order, a window at a time (a small one, then a larger one): when
+# matches are common the page fills there, cheaper than reading every
+# match from the index. Measured at a million users in docs/performance.md
+# ("Name search").
+WINDOWS = (1_000, 4_000)
+
+
+def window_end_statement(order: SortOrder, *, after: bool, dialect: str) -> Select[Any]:
+    """The user `window_skip` + 1 rows after the key in `after_value`,
+    `after_id` (or from the start), as JSON: found by walking the sort's
+    index only."""
+    walk = select(users.c.id)
+    if after:
+        key = (
+            bindparam("after_value", type_=users.c[order.field].type),
+            bindparam("after_id", type_=users.c.id.type),
+        )
+        walk = walk.where(order.after(key, dialect))
+    walk = walk.order_by(*order.order_by()).limit(1).offset(bindparam("window_skip", type_=Integer))
+    return select(user_json(dialect)).where(users.c.id == walk.scalar_subquery())
 
 
 # Range filters on the column a sort walks: its index bounds them.
@@ -323,8 +363,13 @@ def may_scan(query: UserListQuery, order: SortOrder) -> bool:
     )
 
 
-def count_statement(filters: Sequence[str]) -> Select[Any]:
-    return select(func.count()).select_from(users).where(*_conditions(filters))
+def count_statement(
+    filters: Sequence[str], *, dialect: str = "", search: Sequence[str] = ()
+) -> Select[Any]:
+    statement = select(func.count()).select_from(users).where(*_conditions(filters))
+    if search:
+        statement = name_search.restrict(statement, dialect, search)
+    return statement
 
 
 @dataclass
@@ -332,6 +377,9 @@ class Page:
     users: list[str]  # each user's JSON
     more: bool
     total: int | None
+    # Where the next page starts when it is not after the last user shown:
+    # a short name query stops at the end of its window (list_users).
+    resume_after: tuple[Any, uuid.UUID] | None = None
 
 
 async def list_users(
@@ -342,19 +390,116 @@ async def list_users(
     after: tuple[Any, uuid.UUID] | None,
 ) -> Page:
     """One page in `order`, starting after the key `after`, and (when asked)
-    how many users match the filters."""
+    how many users match the filters.
+
+    A name query reads at most sum(WINDOWS) users in the page's order first;
+    when the page is not full there, a query of three characters or more
+    asks the name index (SQLite, MariaDB; PostgreSQL's planner uses pg_trgm
+    by itself), and a shorter one, which no trigram serves, ends the page at
+    the window's end: it may hold fewer than `limit` users, even none, and
+    still have a next page (docs/api.md).
+    """
     dialect = connection.dialect.name
     values = filter_values(query)
-    filters = tuple(values)
-    page = compiled(
-        connection,
-        ("page", filters, str(order), after is not None),
-        lambda: page_statement(filters, order, after=after is not None, dialect=dialect),
-    )
-    rows = await connection.all(page, page_values(values, query.limit, after))
+    name = query.name
+    search: dict[str, Any] = {}
+    if name is not None and not name_search.is_short(name) and name_search.has_index(dialect):
+        search = name_search.search_values(dialect, name)
+    resume_after = None
+    if name is None or not (search or name_search.is_short(name)):
+        rows = await _page(connection, values, order, after, query.limit)
+    elif search and await _has_rare_trigram(connection, search):
+        rows = await _page(connection, values, order, after, query.limit, search=search)
+    else:
+        rows = []
+        start = after
+        for size in WINDOWS:
+            end = await _window_end(connection, order, start, size)
+            wanted = query.limit - len(rows)
+            rows += await _page(connection, values, order, start, wanted, until=end)
+            if end is None or len(rows) > query.limit:
+                break
+            start = end
+        else:
+            if search:
+                rows = await _page(connection, values, order, after, query.limit, search=search)
+            else:
+                resume_after = end
     total = None
     if query.include_total:
-        count = compiled(connection, ("count", filters), lambda: count_statement(filters))
-        row = await connection.one(count, values)
+        counted = {**values, **search}
+        filters = tuple(counted)
+        count = compiled(
+            connection,
+            ("count", filters),
+            lambda: count_statement(tuple(values), dialect=dialect, search=tuple(search)),
+        )
+        row = await connection.one(count, counted)
         total = row[0] if row else 0
-    return Page([row[0] for row in rows[: query.limit]], len(rows) > query.limit, total)
+    more = len(rows) > query.limit or resume_after is not None
+    return Page([row[0] for row in rows[: query.limit]], more, total, resume_after)
+
+
+async def _page(
+    connection: Connection,
+    values: Mapping[str, Any],
+    order: SortOrder,
+    after: tuple[Any, uuid.UUID] | None,
+    limit: int,
+    *,
+    until: tuple[Any, uuid.UUID] | None = None,
+    search: Mapping[str, Any] = {},
+) -> list[Row]:
+    """The rows of one page (one more than `limit`) for the filters'
+    `values`, up to the key `until`, among the name index's finds for its
+    `search` values (name_search.search_values)."""
+    dialect = connection.dialect.name
+    filters, found_by = tuple(values), tuple(search)
+    statement = compiled(
+        connection,
+        ("page", filters, found_by, str(order), after is not None, until is not None),
+        lambda: page_statement(
+            filters,
+            order,
+            after=after is not None,
+            dialect=dialect,
+            until=until is not None,
+            search=found_by,
+        ),
+    )
+    params = page_values({**values, **search}, limit, after)
+    if until is not None:
+        params["until_value"], params["until_id"] = until
+    return await connection.all(statement, params)
+
+
+async def _has_rare_trigram(connection: Connection, search: Mapping[str, Any]) -> bool:
+    """MariaDB: whether one of the query's trigrams is rare enough that the
+    index is the cheaper way (name_search.RARE_TRIGRAM_USERS)."""
+    if connection.dialect.name not in ("mysql", "mariadb"):
+        return False
+    statement = compiled(connection, "rare_trigram", name_search.rare_statement)
+    cap = name_search.RARE_TRIGRAM_USERS
+    for trigram in search.values():
+        row = await connection.one(statement, {"trigram": trigram, "cap": cap + 1})
+        if row is not None and row[0] <= cap:
+            return True
+    return False
+
+
+async def _window_end(
+    connection: Connection, order: SortOrder, after: tuple[Any, uuid.UUID] | None, size: int
+) -> tuple[Any, uuid.UUID] | None:
+    """The key of the last of the `size` users after `after`; None when
+    fewer follow it (the window reaches the end)."""
+    dialect = connection.dialect.name
+    statement = compiled(
+        connection,
+        ("window_end", str(order), after is not None),
+        lambda: window_end_statement(order, after=after is not None, dialect=dialect),
+    )
+    values: dict[str, Any] = {"window_skip": size - 1}
+    if after is not None:
+        values["after_value"], values["after_id"] = after
+    row = await connection.one(statement, values)
+    return None if row is None else typed_key(orjson.loads(row[0]), order)

@@ -66,6 +66,18 @@ EMAIL_UNIQUE_INDEX = "uq_users_email"
 NAME_TRIGRAM_INDEX = "ix_users_name_trgm"
 POSTGRESQL_ONLY_INDEXES = frozenset({NAME_TRIGRAM_INDEX})
 
+# The name substring index of SQLite (an FTS5 table, and the tables FTS5
+# keeps for it) and of MariaDB/MySQL (a trigram side table): made by hand in
+# a migration, kept in step by triggers on users, queried by
+# db/name_search.py; Alembic's autogenerate leaves them alone.
+NAME_SEARCH_TABLES = frozenset(
+    {
+        "users_name_fts",
+        *(f"users_name_fts_{shadow}" for shadow in ("data", "idx", "docsize", "config")),
+        "user_name_trigrams",
+    }
+)
+
 # Microsecond timestamps everywhere: MySQL/MariaDB's DATETIME drops the
 # fraction unless asked for it, and keyset paging needs the exact value back.
 Timestamp = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
@@ -316,7 +328,11 @@ class UserListQuery(SQLModel):
     name: str | None = Field(
         default=None,
         max_length=NAME_MAX_LENGTH,
-        description="Case-insensitive substring of the name; % and _ are plain characters.",
+        description=(
+            "Case-insensitive substring of the name; % and _ are plain characters. "
+            "With one or two characters a page may hold fewer than limit users, "
+            "even none, and still have a next_cursor."
+        ),
     )
     min_age: int | None = Field(default=None, ge=AGE_MIN, le=AGE_MAX)
     max_age: int | None = Field(default=None, ge=AGE_MIN, le=AGE_MAX)

@@ -72,9 +72,30 @@ class SortOrder:
             return tuple_(column, id_column) < tuple_(value, last_id)
         return tuple_(column, id_column) > tuple_(value, last_id)
 
+    def up_to(self, key: tuple[Any, Any], dialect: str) -> ColumnElement[bool]:
+        """Rows that come before `key` in this order, or are its row."""
+        column, id_column = users.c[self.field], users.c.id
+        value, last_id = key
+        if self.field in UNIQUE_SORT_FIELDS:
+            up_to: ColumnElement[bool] = column >= value if self.descending else column <= value
+            return up_to
+        if dialect in ("mysql", "mariadb"):
+            if self.descending:
+                return and_(column >= value, or_(column > value, id_column >= last_id))
+            return and_(column <= value, or_(column < value, id_column <= last_id))
+        if self.descending:
+            return tuple_(column, id_column) >= tuple_(value, last_id)
+        return tuple_(column, id_column) <= tuple_(value, last_id)
+
     def key_of(self, user: dict[str, Any]) -> tuple[Any, uuid.UUID]:
         """The sort key of a user as the API shows it (a dict of its JSON)."""
         return user[self.field], uuid.UUID(user["id"])
+
+
+def typed_key(user: dict[str, Any], order: SortOrder) -> tuple[Any, uuid.UUID]:
+    """The sort key of a user's JSON (a dict) with the column types' values,
+    as a decoded cursor holds them."""
+    return _sort_key([user[order.field], user["id"]], order)
 
 
 def _b64(data: bytes) -> str:

@@ -17,8 +17,9 @@ import pytest
 from sqlalchemy import Engine, Select, func, select, text
 
 from tests.databases import create_fresh_database, migrate
-from users_service.crud import count_statement, filter_values, page_values
+from users_service.crud import count_statement, filter_values, page_values, window_end_statement
 from users_service.crud import page_statement as crud_page_statement
+from users_service.db import name_search
 from users_service.db.engine import create_db_engine
 from users_service.models import UserListQuery, users
 from users_service.pagination import SORT_VALUES, SortOrder
@@ -171,3 +172,46 @@ def test_name_substring_can_be_served_by_the_trigram_index_on_postgresql(engine)
         plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}").scalar_one()
     index_names = {node.get("Index Name") for node in _postgresql_nodes(plan[0]["Plan"])}
     assert "ix_users_name_trgm" in index_names, json.dumps(plan, indent=1)
+
+
+@pytest.mark.parametrize("name", ["Ada Lovelace", "zqxj"])
+def test_name_substring_finds_its_candidates_through_the_name_index(engine, name):
+    """SQLite and MariaDB: the users come from the name index (then the
+    LIKE test), never from a walk of the table."""
+    dialect = engine.dialect.name
+    if not name_search.has_index(dialect):
+        pytest.skip("PostgreSQL's planner picks pg_trgm itself (test above)")
+    values = filter_values(UserListQuery(name=name))
+    search = name_search.search_values(dialect, name)
+    statement = crud_page_statement(
+        tuple(values),
+        SortOrder.parse("created_at"),
+        after=False,
+        dialect=dialect,
+        search=tuple(search),
+    ).params(page_values({**values, **search}, 50, None))
+    plan = explain(engine, statement)
+    shown = json.dumps(plan, default=str, indent=1)
+    if dialect == "sqlite":
+        assert any("users_name_fts VIRTUAL TABLE INDEX 0:M" in step for step in plan), shown
+        assert "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)" in plan, shown
+        assert not any(step.startswith("SCAN users ") for step in plan), shown
+    else:
+        # The users holding the trigrams first (a derived table of the
+        # trigram table's primary key), then each of them by id.
+        tables = [row["table"] for row in plan]
+        assert tables[:2] == ["<derived2>", "users"], shown
+        users_row = plan[1]
+        assert (users_row["type"], users_row["key"]) == ("eq_ref", "PRIMARY"), shown
+        trigram_rows = [row for row in plan if row["select_type"] == "DERIVED"]
+        assert trigram_rows, shown
+        assert all(row["key"] == "PRIMARY" for row in trigram_rows), shown
+
+
+@pytest.mark.parametrize("sort", SORT_VALUES)
+def test_name_window_end_walks_the_sort_index(engine, sort):
+    order = SortOrder.parse(sort)
+    statement = window_end_statement(order, after=True, dialect=engine.dialect.name).params(
+        page_values({}, 0, deep_key(engine, order)) | {"window_skip": 4999}
+    )
+    assert_index_served(engine, statement)

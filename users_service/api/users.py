@@ -145,7 +145,7 @@ async def list_users(
     next_cursor = None
     headers = {}
     if page.more:
-        last = order.key_of(orjson.loads(page.users[-1]))
+        last = page.resume_after or order.key_of(orjson.loads(page.users[-1]))
         next_cursor = cursors.encode(order, context, last)
         headers["Link"] = f'<{next_page_path(request, next_cursor)}>; rel="next"'
     body = '{"items":[' + ",".join(page.users) + "],"

@@ -1,0 +1,132 @@
+"""The index behind the `name` substring filter, on each database.
+
+The filter means `LOWER(name) LIKE '%<the query, lower-cased>%'`, the plain
+scan (crud.py); an index only narrows the rows the database tests, and the
+same condition is applied to what it finds, so a search with the index
+returns exactly what the scan returns.
+
+- PostgreSQL: the GIN `pg_trgm` index on `lower(name)`
+  (`ix_users_name_trgm`), chosen by the planner itself.
+- SQLite: `users_name_fts`, an FTS5 table with the `trigram` tokenizer over
+  `users.name` (same rowids). FTS5 folds case per code point, and so finds
+  every name in which the query occurs as the plain scan sees it (SQLite's
+  LIKE ignores ASCII case, its lower() changes nothing else).
+- MariaDB/MySQL: `user_name_trigrams`, a user's distinct trigrams of
+  `LOWER(name)` computed by the database (triggers): a user whose lowered
+  name contains the query has every trigram of the query.
+
+Both are asked for the users holding the query's first and last trigrams
+(`search_values`).
+
+Trigrams need three characters: shorter queries are served differently
+(crud.list_users, docs/api.md).
+
+Both tables are made by the migration 51e32271d567 and kept in step by
+triggers on users; they are not part of models.py's metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    Select,
+    String,
+    Table,
+    bindparam,
+    func,
+    literal_column,
+    select,
+)
+
+from users_service.models import users
+
+# Fewer characters than this in a name query: no trigram to look up.
+TRIGRAM = 3
+
+_tables = MetaData()
+users_name_fts = Table("users_name_fts", _tables, Column("rowid", Integer), Column("name", String))
+user_name_trigrams = Table(
+    "user_name_trigrams", _tables, Column("trigram", String(3)), Column("user_id", String(32))
+)
+
+
+# MariaDB: a trigram held by at most this many users makes the index
+# cheaper than the windows (whose users are each read by their random id to
+# test the name), so the index is asked first.
+RARE_TRIGRAM_USERS = 5_000
+
+
+def rare_statement() -> Select[Any]:
+    """MariaDB: how many users hold the trigram `trigram`, counted up to
+    RARE_TRIGRAM_USERS + 1 (a walk of the trigram table's primary key)."""
+    holders = (
+        select(user_name_trigrams.c.user_id)
+        .where(user_name_trigrams.c.trigram == bindparam("trigram", type_=String))
+        .limit(bindparam("cap", type_=Integer))
+        .subquery("holders")
+    )
+    return select(func.count()).select_from(holders)
+
+
+def has_index(dialect: str) -> bool:
+    return dialect in ("sqlite", "mysql", "mariadb")
+
+
+def is_short(name: str) -> bool:
+    """Whether a name query is too short for trigrams."""
+    return len(name) < TRIGRAM
+
+
+def search_values(dialect: str, name: str) -> dict[str, str]:
+    """The values of `restrict` for a name query of TRIGRAM characters or
+    more: the lowered query's first and last trigrams. Reading the users
+    that hold both is far cheaper than reading every trigram's users (or,
+    on SQLite, the whole query as a phrase, with every position), and the
+    LIKE test removes those that hold both but not the query. Measured at a
+    million users: docs/performance.md, "Name search"."""
+    lowered = name.lower()
+    ends = list(dict.fromkeys((lowered[:TRIGRAM], lowered[-TRIGRAM:])))
+    if dialect == "sqlite":
+        # FTS5 query: each trigram as a string (quotes doubled), both present.
+        return {"name_phrase": " AND ".join('"' + end.replace('"', '""') + '"' for end in ends)}
+    return {f"name_trigram_{i}": trigram for i, trigram in enumerate(ends)}
+
+
+def restrict(statement: Select[Any], dialect: str, names: Sequence[str]) -> Select[Any]:
+    """`statement` (on users) limited to the users the index finds for the
+    values `search_values` gave, by their `names`: a superset of the
+    matches, which the statement's own LIKE test then checks."""
+    if dialect == "sqlite":
+        found: Select[Any] = select(users_name_fts.c.rowid).where(
+            users_name_fts.c.name.op("MATCH")(bindparam("name_phrase", type_=String))
+        )
+        return statement.where(literal_column("users.rowid").in_(found))
+    # The users holding every trigram looked up, as a derived table that
+    # MariaDB must compute first (DISTINCT keeps it from being merged,
+    # STRAIGHT_JOIN from reading users before it): left to itself the
+    # optimizer may look a user up for every row of the first trigram.
+    count = sum(1 for name in names if name.startswith("name_trigram_"))
+    tables = [user_name_trigrams.alias(f"t{i}") for i in range(count)]
+    first = tables[0]
+    joined: Any = first
+    for i, table in enumerate(tables[1:], start=1):
+        joined = joined.join(
+            table,
+            (table.c.user_id == first.c.user_id)
+            & (table.c.trigram == bindparam(f"name_trigram_{i}", type_=String)),
+        )
+    holders = (
+        select(first.c.user_id)
+        .select_from(joined)
+        .where(first.c.trigram == bindparam("name_trigram_0", type_=String))
+        .distinct()
+        .subquery("holders")
+    )
+    return statement.select_from(holders.join(users, users.c.id == holders.c.user_id)).prefix_with(
+        "STRAIGHT_JOIN"
+    )
