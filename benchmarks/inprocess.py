@@ -9,6 +9,7 @@ the other):
 
     python -m benchmarks.inprocess            # SQLite and PostgreSQL
     BENCH_DATABASES=sqlite INPROCESS_REQUESTS=5000 python -m benchmarks.inprocess
+    INPROCESS_ENDPOINTS=POST python -m benchmarks.inprocess   # endpoints whose name has POST
 
 It measures what the app does per request (routing, middleware, reading
 parameters, the database's round trips, rendering), not the HTTP server.
@@ -39,13 +40,16 @@ users = User.__table__  # type: ignore[attr-defined]  # as on every commit compa
 SEEDED = int(os.environ.get("BENCH_USERS", "20000"))
 REQUESTS = int(os.environ.get("INPROCESS_REQUESTS", "3000"))
 ROUNDS = int(os.environ.get("INPROCESS_ROUNDS", "5"))
+ENDPOINTS = os.environ.get("INPROCESS_ENDPOINTS", "")
 API_KEY = secrets.token_urlsafe(24)
 
 
-async def call(app: Any, method: str, path: str, body: bytes = b"") -> int:
+async def call(
+    app: Any, method: str, path: str, body: bytes = b"", extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> int:
     """One request through the ASGI app; returns the status."""
     path, _, query = path.partition("?")
-    headers = [(b"host", b"bench"), (b"authorization", f"Bearer {API_KEY}".encode())]
+    headers = [(b"host", b"bench"), (b"authorization", f"Bearer {API_KEY}".encode()), *extra]
     if body:
         headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     scope = {
@@ -105,6 +109,14 @@ async def run(url: str, ids: list[str]) -> dict[str, list[float]]:
     app = create_app(settings)
     tag = secrets.token_hex(4)
     serial = iter(range(10**9))
+
+    def keyed_create(number: int) -> Awaitable[int]:
+        body = b'{"name": "Bench User", "email": "k-%s-%d@example.com", "age": 30}'
+        key = b"bench-%s-%d" % (tag.encode(), number)
+        return call(
+            app, "POST", "/users", body % (tag.encode(), number), ((b"idempotency-key", key),)
+        )
+
     endpoints: dict[str, Request] = {
         "GET /users/{id}": lambda n: call(app, "GET", f"/users/{ids[n % len(ids)]}"),
         "GET /users?limit=50": lambda n: call(app, "GET", "/users?limit=50"),
@@ -115,10 +127,12 @@ async def run(url: str, ids: list[str]) -> dict[str, list[float]]:
             b'{"name": "Bench User", "email": "b-%s-%d@example.com", "age": 30}'
             % (tag.encode(), next(serial)),
         ),
+        "POST /users with Idempotency-Key": lambda n: keyed_create(next(serial)),
         "PATCH /users/{id}": lambda n: call(
             app, "PATCH", f"/users/{ids[n % len(ids)]}", b'{"age": %d}' % (n % 150)
         ),
     }
+    endpoints = {name: request for name, request in endpoints.items() if ENDPOINTS in name}
     results: dict[str, list[float]] = {name: [] for name in endpoints}
     async with app.router.lifespan_context(app):
         for round_number in range(ROUNDS + 1):

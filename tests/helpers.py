@@ -82,6 +82,11 @@ def user_count(client: TestClient, **headers: str) -> int:
     return total
 
 
+def p99(samples: list[float]) -> float:
+    """The 99th percentile of `samples` (the value 99% of them are at or under)."""
+    return sorted(samples)[int(len(samples) * 0.99)]
+
+
 def race(count: int, request: Callable[[int], T]) -> list[T]:
     """`count` calls of `request(i)`, each on its own thread, released together."""
     barrier = threading.Barrier(count, timeout=30)

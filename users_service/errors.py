@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     SERVICE_UNAVAILABLE = "service_unavailable"
     INTERNAL_ERROR = "internal_error"
     RATE_LIMITED = "rate_limited"
+    IDEMPOTENCY_QUOTA_EXCEEDED = "idempotency_quota_exceeded"
 
 
 FieldErrors = Sequence[Mapping[str, Any]]
@@ -160,3 +161,12 @@ class InternalError(ServiceError):
 class RateLimited(ServiceError):
     code = ErrorCode.RATE_LIMITED
     message = "Too many requests from this caller at once; retry shortly"
+
+
+class IdempotencyQuotaExceeded(ServiceError):
+    code = ErrorCode.IDEMPOTENCY_QUOTA_EXCEEDED
+    message = (
+        "This caller keeps as many Idempotency-Keys, or as many bytes of their answers, as it "
+        "may; a new key is refused until older ones expire (24 hours after their first "
+        "request). Retries of stored keys, and requests without a key, are still served"
+    )

@@ -18,6 +18,14 @@ path). A claim whose request never answered (its process died) is taken
 over by a retry after IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS (default
 IN_FLIGHT_TIMEOUT); the claim's created_at fences it, so a request that
 was taken over can neither store its answer nor release the new claim.
+
+What one caller may keep is bounded (`KeyUsage`): so many keys, so many
+bytes of answers; past either, a new key is refused 429 while the keys
+already stored are still replayed. A 4xx answer over a small size is not
+kept at all (the key is released, as after a 5xx: the request wrote
+nothing, so its retry runs again). The sweep deletes in small batches, on a
+worker thread, so that a day's worth of expired keys never holds up the
+event loop.
 """
 
 from __future__ import annotations
@@ -25,19 +33,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio.to_thread
 import orjson
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, select, tuple_, update
 
 from users_service.db.database import Connection, Database
+from users_service.db.engine import WRITE_OPTION
 from users_service.db.errors import DatabaseUnavailable, UniqueViolation
 from users_service.db.rendering import as_utc
 from users_service.db.statements import compiled
-from users_service.errors import IdempotencyKeyInUse, IdempotencyKeyReused
+from users_service.errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    IdempotencyQuotaExceeded,
+)
 from users_service.models import idempotency_keys as keys
+from users_service.settings import Settings
 
 logger = logging.getLogger("users_service.idempotency")
 
@@ -88,6 +104,134 @@ def _key_condition() -> Any:
     )
 
 
+@dataclass
+class Usage:
+    """One caller's stored keys and the bytes of their answers' bodies."""
+
+    keys: int = 0
+    bytes: int = 0
+
+
+# How often, at most, the exact usage of a caller at its cap is counted
+# again (seconds): its other requests meanwhile are refused from memory.
+RECOUNT_SECONDS = 1.0
+
+
+class KeyUsage:
+    """What each caller keeps, as this process knows it, against the caps.
+
+    Counting rows on every request would cost a scan of the caller's keys:
+    instead, a request checks an estimate in memory (a dictionary look-up),
+    and only a caller seen for the first time, or at its cap, is counted
+    exactly (at most once a RECOUNT_SECONDS per caller, on the database,
+    off the event loop). The estimate grows with each key this process
+    stores, and every caller is counted again after each sweep, which is
+    when other replicas' keys and deleted ones show: with several replicas,
+    a caller may go over a cap by what the others stored since the last
+    sweep (IDEMPOTENCY_SWEEP_SECONDS), and by one answer's size in any case.
+    """
+
+    def __init__(self, *, max_keys: int, max_bytes: int, max_error_answer_bytes: int) -> None:
+        self.max_keys = max_keys
+        self.max_bytes = max_bytes
+        self.max_error_answer_bytes = max_error_answer_bytes
+        self._usage: dict[str, Usage] = {}
+        self._counted_at: dict[str, float] = {}
+        self._counting: asyncio.Lock | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> KeyUsage:
+        return cls(
+            max_keys=settings.idempotency_max_keys_per_caller,
+            max_bytes=settings.idempotency_max_bytes_per_caller,
+            max_error_answer_bytes=settings.idempotency_max_error_answer_bytes,
+        )
+
+    def _under_caps(self, usage: Usage) -> bool:
+        return (not self.max_keys or usage.keys < self.max_keys) and (
+            not self.max_bytes or usage.bytes < self.max_bytes
+        )
+
+    async def admits(self, database: Database, caller: str) -> bool:
+        """Whether `caller` may store one more key."""
+        if not (self.max_keys or self.max_bytes):
+            return True
+        usage = self._usage.get(caller)
+        if usage is not None and self._under_caps(usage):
+            return True  # the hot path
+        if self._counting is None:
+            self._counting = asyncio.Lock()
+        async with self._counting:
+            usage = self._usage.get(caller)
+            counted_at = self._counted_at.get(caller, float("-inf"))
+            if usage is None or time.monotonic() - counted_at >= RECOUNT_SECONDS:
+                usage = await count_usage(database, caller)
+                self._usage[caller] = usage
+                self._counted_at[caller] = time.monotonic()
+        return self._under_caps(usage)
+
+    def keeps_answer(self, status: int, size: int) -> bool:
+        """Whether an answer is stored: every success, and the others up to
+        IDEMPOTENCY_MAX_ERROR_ANSWER_BYTES (never a 5xx)."""
+        if status >= 500:
+            return False
+        return status < 300 or size <= self.max_error_answer_bytes
+
+    def claimed(self, caller: str) -> None:
+        if (usage := self._usage.get(caller)) is not None:
+            usage.keys += 1
+
+    def answered(self, caller: str, size: int) -> None:
+        if (usage := self._usage.get(caller)) is not None:
+            usage.bytes += size
+
+    def released(self, caller: str) -> None:
+        if (usage := self._usage.get(caller)) is not None:
+            usage.keys = max(0, usage.keys - 1)
+
+    def recounted(self, counted: dict[str, Usage]) -> None:
+        """Every caller's exact usage (after a sweep; a caller left out has none)."""
+        now = time.monotonic()
+        self._usage = {caller: Usage() for caller in self._usage} | counted
+        self._counted_at = dict.fromkeys(self._usage, now)
+
+
+def _live_keys() -> Any:
+    """The keys that have not expired (the sweep may not have deleted the others yet)."""
+    return keys.c.created_at >= bindparam("cutoff")
+
+
+async def count_usage(database: Database, caller: str) -> Usage:
+    """One caller's keys and answer bytes, counted (a read that may scan its keys)."""
+    async with database.read(heavy=True) as connection:
+        statement = compiled(
+            connection,
+            "count_key_usage",
+            lambda: (
+                select(func.count(), func.coalesce(func.sum(func.length(keys.c.body)), 0))
+                .where(keys.c.caller == bindparam("caller"))
+                .where(_live_keys())
+            ),
+        )
+        row = await connection.one(
+            statement, {"caller": caller, "cutoff": datetime.now(UTC) - TIME_TO_LIVE}
+        )
+    assert row is not None
+    return Usage(int(row[0]), int(row[1]))
+
+
+def count_all_usage(engine: Engine) -> dict[str, Usage]:
+    """Every caller's keys and answer bytes (blocking: run on a worker thread)."""
+    statement = (
+        select(keys.c.caller, func.count(), func.coalesce(func.sum(func.length(keys.c.body)), 0))
+        .where(_live_keys())
+        .group_by(keys.c.caller)
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(statement, {"cutoff": datetime.now(UTC) - TIME_TO_LIVE})
+        return {caller: Usage(int(count), int(size)) for caller, count, size in rows}
+
+
 async def claim(
     *,
     database: Database,
@@ -95,14 +239,17 @@ async def claim(
     endpoint: str,
     key: str,
     request_hash: str,
+    usage: KeyUsage | None = None,
     in_flight_timeout: timedelta = IN_FLIGHT_TIMEOUT,
 ) -> Claim | StoredAnswer:
     """Claim the key for this request, or return the answer it already has.
 
     Raises 409 while another request holds the key, 422 if the key was used
-    with another body.
+    with another body, 429 if it is a new key and the caller is at its cap
+    (`usage`).
     """
     now = datetime.now(UTC)
+    admitted = usage is None or await usage.admits(database, caller)
     claimed = Claim(caller, endpoint, key, claimed_at=now)
     values = {
         **claimed.where(),
@@ -114,18 +261,21 @@ async def claim(
         "body": None,
     }
     for _ in range(3):  # a row that vanishes between our insert and read: try again
-        try:
-            async with database.transaction() as connection:
-                insert_key = compiled(connection, "claim_key", lambda: insert(keys))
-                await connection.run(insert_key, values)
-            return claimed
-        except UniqueViolation:
-            pass
-        except DatabaseUnavailable:
-            # The claim may have committed with its answer lost (the
-            # database went away during COMMIT): undo it once it is back.
-            release_in_background(database=database, claimed=claimed)
-            raise
+        if admitted:
+            try:
+                async with database.transaction() as connection:
+                    insert_key = compiled(connection, "claim_key", lambda: insert(keys))
+                    await connection.run(insert_key, values)
+                if usage is not None:
+                    usage.claimed(caller)
+                return claimed
+            except UniqueViolation:
+                pass
+            except DatabaseUnavailable:
+                # The claim may have committed with its answer lost (the
+                # database went away during COMMIT): undo it once it is back.
+                release_in_background(database=database, claimed=claimed)
+                raise
         async with database.transaction() as connection:
             select_key = compiled(
                 connection,
@@ -144,6 +294,8 @@ async def claim(
             )
             row = await connection.one(select_key, claimed.where())
             if row is None:
+                if not admitted:  # a new key, and the caller has no room for it
+                    raise IdempotencyQuotaExceeded()
                 continue
             created_at, stored_hash, status, headers, body = select_key.decode(row)
             age = now - as_utc(created_at)
@@ -273,30 +425,76 @@ def release_in_background(*, database: Database, claimed: Claim) -> None:
     task.add_done_callback(_releasing.discard)
 
 
-async def delete_expired(*, database: Database) -> int:
-    """Delete the keys older than TIME_TO_LIVE; returns how many.
+# Expired keys deleted per transaction by the sweep: each batch is a short
+# transaction (SQLite: it holds the write lock for a few milliseconds), and
+# the event loop never runs it. 300k expired keys took 8.5 s of the event
+# loop as one DELETE; see tests/system/test_idempotency_sweep.py.
+SWEEP_BATCH = 1000
+# A pause between two batches, so that the sweep never keeps the database
+# (SQLite's write lock) from the requests for long.
+SWEEP_PAUSE_SECONDS = 0.01
 
-    Run often (every minute) it deletes what expired since the last run:
-    a short statement, on the created_at index.
+
+def _delete_expired_statement(dialect: str, limit: int) -> Any:
+    """DELETE the `limit` oldest keys created before :cutoff."""
+    expired = keys.c.created_at < bindparam("cutoff")
+    if dialect in ("mysql", "mariadb"):
+        # MariaDB refuses LIMIT in an IN subquery; its DELETE takes one itself.
+        return (
+            delete(keys).where(expired).with_dialect_options(mysql_limit=limit, mariadb_limit=limit)
+        )
+    primary_key = (keys.c.caller, keys.c.endpoint, keys.c.key)
+    oldest = select(*primary_key).where(expired).order_by(keys.c.created_at).limit(limit)
+    # `expired` again: a key restarted meanwhile (created_at is new) stays.
+    return delete(keys).where(tuple_(*primary_key).in_(oldest) & expired)
+
+
+def _delete_expired_batch(engine: Engine, cutoff: datetime, limit: int) -> int:
+    """Delete up to `limit` keys older than `cutoff`, oldest first, in one
+    transaction; returns how many (blocking: run on a worker thread)."""
+    statement = _delete_expired_statement(engine.dialect.name, limit)
+    with engine.connect() as connection:
+        connection.execution_options(**{WRITE_OPTION: True})
+        with connection.begin():
+            deleted: int = connection.execute(statement, {"cutoff": cutoff}).rowcount
+    return deleted
+
+
+async def delete_expired(*, database: Database, batch: int = SWEEP_BATCH) -> int:
+    """Delete the keys older than TIME_TO_LIVE, `batch` at a time, each batch
+    on a worker thread; returns how many.
+
+    Run every minute it deletes what expired since the last run: one short
+    batch, on the created_at index.
     """
     cutoff = datetime.now(UTC) - TIME_TO_LIVE
-    async with database.transaction() as connection:
-        statement = compiled(
-            connection,
-            "delete_expired_keys",
-            lambda: delete(keys).where(keys.c.created_at < bindparam("cutoff")),
-        )
-        return await connection.run(statement, {"cutoff": cutoff})
-
-
-SWEEP_EVERY_SECONDS = 60.0
-
-
-async def sweep_expired_idempotency_keys(database: Database) -> None:
-    """Delete expired keys every minute, until cancelled."""
+    deleted = 0
     while True:
-        await asyncio.sleep(SWEEP_EVERY_SECONDS)
+        count = await anyio.to_thread.run_sync(
+            _delete_expired_batch, database.engine, cutoff, batch
+        )
+        deleted += count
+        if count < batch:
+            return deleted
+        await asyncio.sleep(SWEEP_PAUSE_SECONDS)
+
+
+async def sweep_once(database: Database, usage: KeyUsage) -> int:
+    """Delete the expired keys, then count every caller's usage again;
+    returns how many keys were deleted."""
+    deleted = await delete_expired(database=database)
+    usage.recounted(await anyio.to_thread.run_sync(count_all_usage, database.engine))
+    return deleted
+
+
+async def sweep_expired_idempotency_keys(
+    database: Database, usage: KeyUsage, every_seconds: float
+) -> None:
+    """Sweep every `every_seconds` (IDEMPOTENCY_SWEEP_SECONDS), until cancelled."""
+    while True:
+        await asyncio.sleep(every_seconds)
         try:
-            await delete_expired(database=database)
+            if deleted := await sweep_once(database, usage):
+                logger.info("deleted %d expired idempotency keys", deleted)
         except Exception:
             logger.warning("could not delete expired idempotency keys", exc_info=True)

@@ -24,7 +24,7 @@ from users_service.api.routing import head_routes
 from users_service.db.database import Database, create_database
 from users_service.db.engine import configure_threadpool, create_db_engine
 from users_service.db.schema import migration_revisions
-from users_service.idempotency import sweep_expired_idempotency_keys
+from users_service.idempotency import KeyUsage, sweep_expired_idempotency_keys
 from users_service.logs import FLUSH_SECONDS, AccessLog, configure_logging, flush_logs
 from users_service.metrics import set_pool_usage
 from users_service.pagination import CursorCodec
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = create_db_engine(settings)
     database = create_database(engine, settings)
     access_log = AccessLog.for_settings(settings)
+    idempotency_usage = KeyUsage.for_settings(settings)
     # Off unless OTEL_* asks: then OpenTelemetry is imported, and only then.
     tracing = Tracing(os.environ) if settings.tracing_enabled else None
     if tracing is not None:
@@ -70,7 +71,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         background = [
-            asyncio.create_task(sweep_expired_idempotency_keys(database)),
+            asyncio.create_task(
+                sweep_expired_idempotency_keys(
+                    database, idempotency_usage, settings.idempotency_sweep_seconds
+                )
+            ),
             asyncio.create_task(flush_and_sample(database, access_log)),
         ]
         yield
@@ -101,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.idempotency_usage = idempotency_usage
     app.state.cursor_codec = CursorCodec(settings.cursor_secrets)
     app.state.schema_heads, app.state.schema_revisions = migration_revisions()
 

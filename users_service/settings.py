@@ -175,6 +175,17 @@ class Settings(BaseSettings):
     # that, 429 rate_limited. 0 turns the cap off.
     max_requests_in_flight_per_caller: Annotated[int, Field(ge=0, le=100_000)] = 100
 
+    # Idempotency-Keys one caller may have stored (those of the last 24
+    # hours), and bytes of their answers; past either, a request with a new
+    # key is 429 idempotency_quota_exceeded. 0 turns a cap off.
+    idempotency_max_keys_per_caller: Annotated[int, Field(ge=0, le=10**9)] = 1_000_000
+    idempotency_max_bytes_per_caller: Annotated[int, Field(ge=0, le=1024**4)] = 1024**3
+    # Largest answer kept for replay when the request wrote nothing (a 4xx);
+    # a larger one is not kept, and a retry runs again. A success is always
+    # kept (its size is bounded by the batch's size and MAX_BODY_BYTES).
+    idempotency_max_error_answer_bytes: Annotated[int, Field(ge=0, le=1024**3)] = 16 * 1024
+    # How often expired keys are deleted (in batches, off the event loop).
+    idempotency_sweep_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     # A claimed Idempotency-Key whose request has not answered after this
     # long is taken over by a retry (its process likely died); if that
     # request does answer after all, its write is rolled back and it

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from tests.databases import create_fresh_database, migrate
+from tests.helpers import p99
 from tests.server import running_server
 from users_service.db.engine import create_db_engine
 from users_service.seed import seed_users
@@ -43,10 +44,6 @@ WORST_LISTINGS: list[dict[str, str | int]] = [
     {"name": "no one is called this", "include_total": "true"},
     {"sort": "age", "created_before": "1970-01-02T00:00:00Z"},
 ]
-
-
-def p99(samples: list[float]) -> float:
-    return sorted(samples)[int(len(samples) * 0.99)]
 
 
 @pytest.fixture

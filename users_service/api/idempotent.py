@@ -3,9 +3,11 @@
 A request with a key claims it before anything else is read (see
 users_service/idempotency.py for what is stored): a retry gets the first
 answer back, whatever it was (a 201, a 409, a 422 about the body), unless
-it was a 5xx. The route stores a success's answer in its own write
-transaction (`Idempotency.save`), so the user and the answer that announces
-it commit together; other answers are stored here, after the fact.
+it was a 5xx, or a 4xx too large to keep (IDEMPOTENCY_MAX_ERROR_ANSWER_BYTES).
+The route stores a success's answer in its own write transaction
+(`Idempotency.save`), so the user and the answer that announces it commit
+together; other answers are stored here, after the fact. A new key past the
+caller's cap is refused 429 (`idempotency.KeyUsage`).
 """
 
 from __future__ import annotations
@@ -99,15 +101,18 @@ def flow(
         if errors:
             raise RequestValidationError(errors)
         database: Database = request.app.state.database
+        usage: idempotency.KeyUsage = request.app.state.idempotency_usage
+        caller: str = request.state.caller
         in_flight_timeout = timedelta(
             seconds=request.app.state.settings.idempotency_in_flight_timeout_seconds
         )
         outcome = await idempotency.claim(
             database=database,
-            caller=request.state.caller,
+            caller=caller,
             endpoint=endpoint,
             key=key,
             request_hash=idempotency.fingerprint(await request.body()),
+            usage=usage,
             in_flight_timeout=in_flight_timeout,
         )
         if isinstance(outcome, idempotency.StoredAnswer):
@@ -120,15 +125,21 @@ def flow(
                 response = error_response(error)
             except Exception:
                 await idempotency.release(database=database, claimed=outcome)
+                usage.released(caller)
                 raise
-        if response.status_code >= 500:
-            await idempotency.release(database=database, claimed=outcome)
-        elif not outcome.saved:
+        size = len(response.body)
+        if outcome.saved:  # a success, stored with its write
+            usage.answered(caller, size)
+        elif usage.keeps_answer(response.status_code, size):
             # IdempotencyKeyInUse: a retry took the claim over; its answer is kept.
             with suppress(IdempotencyKeyInUse):
                 await idempotency.save_answer_now(
                     database=database, claimed=outcome, answer=answer_of(response)
                 )
+                usage.answered(caller, size)
+        else:  # a 5xx, or a 4xx too large to keep: the retry runs again
+            await idempotency.release(database=database, claimed=outcome)
+            usage.released(caller)
         return response
 
     return handle

@@ -52,6 +52,7 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 # there were. 8,310 unknown query parameters made a 747 KB answer before.
 ERRORS_SHOWN = 20
 RETRY_AFTER_SECONDS = 5
+IDEMPOTENCY_QUOTA_RETRY_AFTER_SECONDS = 60
 STATEMENT_TIMEOUT_DETAIL = "The database took too long to answer; try again shortly"
 
 STATUS: dict[ErrorCode, int] = {
@@ -72,11 +73,17 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.SERVICE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.IDEMPOTENCY_QUOTA_EXCEEDED: 429,
 }
 HEADERS: dict[ErrorCode, dict[str, str]] = {
     ErrorCode.UNAUTHORIZED: {"WWW-Authenticate": "Bearer"},
     ErrorCode.SERVICE_UNAVAILABLE: {"Retry-After": str(RETRY_AFTER_SECONDS)},
     ErrorCode.RATE_LIMITED: {"Retry-After": "1"},
+    # Room comes back only as the caller's oldest keys expire: no point in
+    # retrying at once (the client raises a Retry-After this long at once).
+    ErrorCode.IDEMPOTENCY_QUOTA_EXCEEDED: {
+        "Retry-After": str(IDEMPOTENCY_QUOTA_RETRY_AFTER_SECONDS)
+    },
     # The first request with the key is still running (or its process died:
     # see IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS); ask again in a second.
     ErrorCode.IDEMPOTENCY_KEY_IN_USE: {"Retry-After": "1"},

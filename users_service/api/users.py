@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from fastapi import APIRouter, Request, Response, status
 
@@ -47,6 +49,22 @@ ETAG_HEADER = {
     "ETag": {
         "description": 'The user\'s version as a strong tag: `"<version>"`.',
         "schema": {"type": "string"},
+    }
+}
+# The creates' 429: a new Idempotency-Key past the caller's cap.
+IDEMPOTENCY_QUOTA_RESPONSE: dict[int | str, dict[str, Any]] = {
+    429: {
+        **problem_responses(429)[429],
+        "description": "Too Many Requests: `idempotency_quota_exceeded`, a new "
+        "Idempotency-Key while this caller keeps as many keys (or bytes of answers) as "
+        "it may (IDEMPOTENCY_MAX_KEYS_PER_CALLER, IDEMPOTENCY_MAX_BYTES_PER_CALLER). "
+        "Stored keys are still replayed, and a request without a key is served.",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds: room comes back as the caller's keys expire.",
+                "schema": {"type": "integer"},
+            }
+        },
     }
 }
 LINK_HEADER = {
@@ -146,6 +164,7 @@ async def list_users(
     responses={
         201: {"headers": {**ETAG_HEADER, **LOCATION_HEADER, **REPLAYED_HEADER}},
         **problem_responses(401, 403, 409, 413, 415, 422, 503),
+        **IDEMPOTENCY_QUOTA_RESPONSE,
     },
 )
 async def create_user(
@@ -233,6 +252,7 @@ async def delete_user(user_id: UserId, database: DatabaseDep, if_match: IfMatch 
     responses={
         201: {"headers": REPLAYED_HEADER},
         **problem_responses(401, 403, 409, 413, 415, 422, 503),
+        **IDEMPOTENCY_QUOTA_RESPONSE,
     },
 )
 async def create_users(

@@ -198,6 +198,12 @@ class RateLimited(UsersServiceError):
     """429 `rate_limited`: this caller sent too much at once; retried after Retry-After."""
 
 
+class IdempotencyQuotaExceeded(RateLimited):
+    """429 `idempotency_quota_exceeded`: this caller keeps as many Idempotency-Keys as it
+    may; a new key is refused until older ones expire. Not retried (its Retry-After is
+    over `max_retry_after`): send the create without a key, or later."""
+
+
 class ServiceUnavailable(UsersServiceError):
     """503 `service_unavailable`: the database is unreachable or busy; retry later."""
 
@@ -220,6 +226,7 @@ ERRORS_BY_CODE: dict[str, type[UsersServiceError]] = {
     ErrorCode.INTERNAL_ERROR: InternalError,
     ErrorCode.SERVICE_UNAVAILABLE: ServiceUnavailable,
     ErrorCode.RATE_LIMITED: RateLimited,
+    ErrorCode.IDEMPOTENCY_QUOTA_EXCEEDED: IdempotencyQuotaExceeded,
 }
 """The exception for each code the service documents (a test checks that
 every code in openapi.json has one)."""

@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     SERVICE_UNAVAILABLE = "service_unavailable"
     INTERNAL_ERROR = "internal_error"
     RATE_LIMITED = "rate_limited"
+    IDEMPOTENCY_QUOTA_EXCEEDED = "idempotency_quota_exceeded"
 
 
 class ErrorDetail(BaseModel):
