@@ -170,8 +170,10 @@ def test_every_write_keeps_the_name_index_in_step(client, app, tiny_window, tmp_
     summary, _ = import_file(engine, source, progress=False)
     assert summary.imported == 2
     check("turing", "thompson")
-    seed_users(engine, 30, progress=False)
+    seed_users(engine, 30, progress=False)  # a bulk load: SQLite rebuilds the index after it
     check("lovelace", "rossum", "hopper", "an", "a")
+    create_user(client, name="Niklaus Wirth", email="niklaus@example.com")
+    check("wirth")  # and indexes each new user again
     # About 23 of the 30 seeded names hold an "a" (at most 10 once in ten
     # million runs): the short query's windows compared more than a few.
     assert len(searched(client, "a")) > 10

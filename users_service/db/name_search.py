@@ -45,6 +45,12 @@ from sqlalchemy import (
 
 from users_service.models import users
 
+# SQLite: the trigger that indexes each new user's name, and the statement
+# that indexes every user's name anew (a bulk load drops the one and runs
+# the other: db/bulk.py).
+SQLITE_INSERT_TRIGGER = "users_name_fts_insert"
+SQLITE_REBUILD = "INSERT INTO users_name_fts (users_name_fts) VALUES ('rebuild')"
+
 # Fewer characters than this in a name query: no trigram to look up.
 TRIGRAM = 3
 
