@@ -86,7 +86,7 @@ def next_page_path(request: Request, cursor: str) -> str:
             "description": "Not Modified: the user still has the ETag in If-None-Match.",
             "headers": ETAG_HEADER,
         },
-        **problem_responses(401, 404, 422, 503),
+        **problem_responses(401, 404, 422, 429, 503),
     },
 )
 async def get_user(
@@ -106,7 +106,7 @@ async def get_user(
     response_model=UserPage,
     operation_id="list_users",
     summary="List users",
-    responses={200: {"headers": LINK_HEADER}, **problem_responses(401, 422, 503)},
+    responses={200: {"headers": LINK_HEADER}, **problem_responses(401, 422, 429, 503)},
 )
 async def list_users(
     query: ListQuery, database: DatabaseDep, cursors: CursorCodecDep, request: Request
@@ -145,7 +145,7 @@ async def list_users(
     summary="Create a user",
     responses={
         201: {"headers": {**ETAG_HEADER, **LOCATION_HEADER, **REPLAYED_HEADER}},
-        **problem_responses(401, 403, 409, 413, 415, 422, 503),
+        **problem_responses(401, 403, 409, 413, 415, 422, 429, 503),
     },
 )
 async def create_user(
@@ -166,7 +166,7 @@ async def create_user(
     summary="Change some of a user's fields",
     responses={
         200: {"headers": ETAG_HEADER},
-        **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 503),
+        **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 429, 503),
     },
 )
 async def update_user(
@@ -191,7 +191,7 @@ async def update_user(
     summary="Replace a user's fields",
     responses={
         200: {"headers": ETAG_HEADER},
-        **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 503),
+        **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 429, 503),
     },
 )
 async def replace_user(
@@ -213,7 +213,7 @@ async def replace_user(
     status_code=status.HTTP_204_NO_CONTENT,
     operation_id="delete_user",
     summary="Delete a user",
-    responses=problem_responses(401, 403, 404, 412, 422, 503),
+    responses=problem_responses(401, 403, 404, 412, 422, 429, 503),
 )
 async def delete_user(user_id: UserId, database: DatabaseDep, if_match: IfMatch = None) -> Response:
     async with database.transaction() as connection:
@@ -232,7 +232,7 @@ async def delete_user(user_id: UserId, database: DatabaseDep, if_match: IfMatch 
     summary="Create users, all or none",
     responses={
         201: {"headers": REPLAYED_HEADER},
-        **problem_responses(401, 403, 409, 413, 415, 422, 503),
+        **problem_responses(401, 403, 409, 413, 415, 422, 429, 503),
     },
 )
 async def create_users(
