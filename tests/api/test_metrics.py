@@ -36,6 +36,11 @@ def test_metrics_are_prometheus_text(client: TestClient) -> None:
         "users_updated",
         "users_deleted",
         "db_pool_connections",
+        "db_pool_wait_seconds",
+        "db_pool_timeouts",
+        "http_requests_in_flight",
+        "build_info",
+        "rate_limit_fallbacks",
     } <= names
 
 
