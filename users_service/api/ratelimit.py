@@ -33,7 +33,6 @@ import time
 from collections.abc import Mapping
 
 from limits import RateLimitItem, RateLimitItemPerSecond
-from limits import strategies as sync_strategies
 from limits.aio import strategies as aio_strategies
 from limits.aio.storage import RedisStorage
 from limits.errors import StorageError
@@ -59,13 +58,15 @@ class CallerLimits:
     """Whether one more request of a caller fits its limit."""
 
     def __init__(self, table: Mapping[str, RateLimit], storage_url: str, key_prefix: str) -> None:
-        self.limits: dict[str, RateLimitItem] = {
+        items: dict[str, RateLimitItem] = {
             caller: RateLimitItemPerSecond(limit.burst, limit.window_seconds)
             for caller, limit in table.items()
         }
-        self.default = self.limits.pop(ANY_CALLER, None)
+        self._default = items.pop(ANY_CALLER, None)
+        self._items = items
         self.shared = bool(storage_url)
         self._pool = None
+        self._local = None if storage_url else MemoryStorage()
         if storage_url:
             from redis.asyncio import ConnectionPool  # only when asked for
 
@@ -83,24 +84,41 @@ class CallerLimits:
                 connection_pool=self._pool,  # type: ignore[arg-type]
             )
             self._shared = aio_strategies.MovingWindowRateLimiter(storage)
-        else:
-            self._local = sync_strategies.MovingWindowRateLimiter(MemoryStorage())
         self._skip_until = 0.0
+        # caller -> (storage key, amount, window seconds), or None: unlimited.
+        self._entries: dict[str, tuple[str, int, int] | None] = {}
 
     def limit_of(self, caller: str) -> RateLimitItem | None:
-        return self.limits.get(caller, self.default)
+        return self._items.get(caller, self._default)
 
-    async def retry_after(self, caller: str) -> int | None:
-        """None if the request may go on; else the seconds to wait (1 at least),
-        the request not counted."""
+    def _entry(self, caller: str) -> tuple[str, int, int] | None:
+        try:
+            return self._entries[caller]
+        except KeyError:
+            item = self.limit_of(caller)
+            entry = None if item is None else (item.key_for(caller), item.amount, item.get_expiry())
+            # Bounded: callers are the configured names, anonymous and unauthenticated.
+            self._entries[caller] = entry
+            return entry
+
+    def local_retry_after(self, caller: str) -> int | None:
+        """In this process's memory: None if the request may go on; else
+        the seconds to wait (1 at least), the request not counted."""
+        entry = self._entry(caller)
+        if entry is None:
+            return None
+        key, amount, window = entry
+        assert self._local is not None, "a shared storage is checked with shared_retry_after"
+        if self._local.acquire_entry(key, amount, window):
+            return None
+        oldest, _ = self._local.get_moving_window(key, amount, window)
+        return _seconds_until(oldest + window)
+
+    async def shared_retry_after(self, caller: str) -> int | None:
+        """The same, counted in Redis; let through when Redis does not answer."""
         item = self.limit_of(caller)
         if item is None:
             return None
-        if not self.shared:
-            if self._local.hit(item, caller):
-                return None
-            reset = self._local.get_window_stats(item, caller).reset_time
-            return _seconds_until(reset)
         if time.monotonic() < self._skip_until:
             RATE_LIMIT_FALLBACKS.inc()
             return None
@@ -143,7 +161,10 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         caller = scope["state"]["caller"]
-        retry_after = await self.limits.retry_after(caller)
+        if self.limits.shared:
+            retry_after = await self.limits.shared_retry_after(caller)
+        else:  # nothing to wait for: no coroutine
+            retry_after = self.limits.local_retry_after(caller)
         if retry_after is None:
             await self.app(scope, receive, send)
             return
