@@ -41,6 +41,9 @@ users = User.__table__  # type: ignore[attr-defined]  # as on every commit compa
 SEEDED = int(os.environ.get("BENCH_USERS", "20000"))
 REQUESTS = int(os.environ.get("INPROCESS_REQUESTS", "3000"))
 ROUNDS = int(os.environ.get("INPROCESS_ROUNDS", "5"))
+# Only these endpoints (comma-separated names as printed), e.g. "GET /users/{id}".
+ONLY = [name.strip() for name in os.environ.get("INPROCESS_ENDPOINTS", "").split(",")]
+ONLY = [name for name in ONLY if name]
 API_KEY = secrets.token_urlsafe(24)
 # The caller is `bench`: a limit high enough never to refuse measures what
 # checking it costs (docs/performance.md, "Rate limits").
@@ -128,6 +131,8 @@ async def run(url: str, ids: list[str]) -> dict[str, list[float]]:
             app, "PATCH", f"/users/{ids[n % len(ids)]}", b'{"age": %d}' % (n % 150)
         ),
     }
+    if ONLY:
+        endpoints = {name: request for name, request in endpoints.items() if name in ONLY}
     results: dict[str, list[float]] = {name: [] for name in endpoints}
     async with app.router.lifespan_context(app):
         for round_number in range(ROUNDS + 1):

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
-from users_service.settings import RateLimit, Settings, SettingsError, load_settings
-
-
-@pytest.fixture(autouse=True)
-def no_outside_configuration(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No setting from the test process's environment, and no `.env` in the working dir."""
-    for name in list(os.environ):
-        if name.lower() in Settings.model_fields:
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+from tests.unit.test_settings import no_outside_configuration  # noqa: F401 - autouse
+from users_service.settings import RateLimit, SettingsError, load_settings
 
 
 def test_rate_limits_are_caller_rate_and_burst_with_a_default() -> None:
