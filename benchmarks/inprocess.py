@@ -10,6 +10,8 @@ the other):
     python -m benchmarks.inprocess            # SQLite and PostgreSQL
     BENCH_DATABASES=sqlite INPROCESS_REQUESTS=5000 python -m benchmarks.inprocess
     INPROCESS_ENDPOINTS=POST python -m benchmarks.inprocess   # endpoints whose name has POST
+    BENCH_RATE_LIMITS=bench:100000 python -m benchmarks.inprocess   # the limit's cost
+    BENCH_RATE_LIMITS=bench:100000 BENCH_RATE_LIMIT_STORAGE_URL=redis://127.0.0.1:6379/0 ...
 
 It measures what the app does per request (routing, middleware, reading
 parameters, the database's round trips, rendering), not the HTTP server.
@@ -40,8 +42,15 @@ users = User.__table__  # type: ignore[attr-defined]  # as on every commit compa
 SEEDED = int(os.environ.get("BENCH_USERS", "20000"))
 REQUESTS = int(os.environ.get("INPROCESS_REQUESTS", "3000"))
 ROUNDS = int(os.environ.get("INPROCESS_ROUNDS", "5"))
-ENDPOINTS = os.environ.get("INPROCESS_ENDPOINTS", "")
+# Only the endpoints whose name (as printed) holds one of these
+# (comma-separated), e.g. "GET /users/{id}" or "POST".
+ONLY = [name.strip() for name in os.environ.get("INPROCESS_ENDPOINTS", "").split(",")]
+ONLY = [name for name in ONLY if name]
 API_KEY = secrets.token_urlsafe(24)
+# The caller is `bench`: a limit high enough never to refuse measures what
+# checking it costs (docs/performance.md, "Rate limits").
+RATE_LIMITS = os.environ.get("BENCH_RATE_LIMITS", "")
+RATE_LIMIT_STORAGE_URL = os.environ.get("BENCH_RATE_LIMIT_STORAGE_URL", "")
 
 
 async def call(
@@ -105,6 +114,9 @@ async def run(url: str, ids: list[str]) -> dict[str, list[float]]:
         api_keys=f"bench:{API_KEY}",
         cursor_secret=secrets.token_hex(16),
         log_level="WARNING",
+        rate_limits=RATE_LIMITS,
+        rate_limit_storage_url=RATE_LIMIT_STORAGE_URL,
+        rate_limit_key_prefix=f"users-service-bench-{secrets.token_hex(4)}",
     )
     app = create_app(settings)
     tag = secrets.token_hex(4)
@@ -132,7 +144,12 @@ async def run(url: str, ids: list[str]) -> dict[str, list[float]]:
             app, "PATCH", f"/users/{ids[n % len(ids)]}", b'{"age": %d}' % (n % 150)
         ),
     }
-    endpoints = {name: request for name, request in endpoints.items() if ENDPOINTS in name}
+    if ONLY:
+        endpoints = {
+            name: request
+            for name, request in endpoints.items()
+            if any(part in name for part in ONLY)
+        }
     results: dict[str, list[float]] = {name: [] for name in endpoints}
     async with app.router.lifespan_context(app):
         for round_number in range(ROUNDS + 1):
@@ -145,7 +162,9 @@ async def run(url: str, ids: list[str]) -> dict[str, list[float]]:
 
 
 def main() -> int:
-    print(f"# In process: {REQUESTS} requests x {ROUNDS} rounds per endpoint; {SEEDED:,} users\n")
+    print(f"# In process: {REQUESTS} requests x {ROUNDS} rounds per endpoint; {SEEDED:,} users")
+    limits = f"RATE_LIMITS={RATE_LIMITS!r} storage={RATE_LIMIT_STORAGE_URL or 'memory'}"
+    print(f"# {limits if RATE_LIMITS else 'no rate limits'}\n")
     print("| database: endpoint | median µs | p90 µs |\n| --- | ---: | ---: |")
     with tempfile.TemporaryDirectory(prefix="users-inprocess-") as work_dir:
         for backend in backends():

@@ -22,9 +22,9 @@ from urllib.parse import quote
 import httpx
 from sqlalchemy import func, select
 
-from benchmarks.databases import analyze
 from benchmarks.wrk import require_wrk, run_wrk
 from tests.server import running_server
+from users_service.db.bulk import analyze
 from users_service.db.engine import create_db_engine
 from users_service.models import users
 from users_service.settings import load_settings
@@ -57,7 +57,8 @@ def prepare(url: str) -> int:
     engine = create_db_engine(load_settings(database_url=url, db_statement_timeout_ms=0))
     with engine.connect() as connection:
         size = int(connection.execute(select(func.count()).select_from(users)).scalar_one())
-    analyze(engine)
+        connection.rollback()
+        analyze(connection)
     engine.dispose()
     return size
 

@@ -9,6 +9,7 @@ the same with 2 workers (the scaling factor).
 
     make bench
     BENCH_DATABASES=sqlite BENCH_SECONDS=5 BENCH_WORKERS=1 make bench
+    BENCH_RATE_LIMITS=bench:1000000 make bench    # with a rate limit checked
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ def serve_service(url: str, workers: int, log: Path) -> AbstractContextManager[S
         LOG_LEVEL="INFO",
         WORKERS=str(workers),
         PORT=str(free_port()),
+        # The cost of rate limiting (docs/performance.md): a limit `bench`
+        # never reaches, counted in memory or in a Redis.
+        RATE_LIMITS=os.environ.get("BENCH_RATE_LIMITS", ""),
+        RATE_LIMIT_STORAGE_URL=os.environ.get("BENCH_RATE_LIMIT_STORAGE_URL", ""),
+        RATE_LIMIT_KEY_PREFIX=f"users-service-bench-{secrets.token_hex(4)}",
     )
     return serve([sys.executable, "-m", "users_service", "serve"], env, log)
 

@@ -20,13 +20,14 @@ from users_service.api.middleware import (
     RequestContextMiddleware,
 )
 from users_service.api.problems import install_error_handlers
+from users_service.api.ratelimit import CallerLimits, RateLimitMiddleware
 from users_service.api.routing import head_routes
 from users_service.db.database import Database, create_database
 from users_service.db.engine import configure_threadpool, create_db_engine
 from users_service.db.schema import migration_revisions
 from users_service.idempotency import KeyUsage, sweep_expired_idempotency_keys
 from users_service.logs import FLUSH_SECONDS, AccessLog, configure_logging, flush_logs
-from users_service.metrics import set_pool_usage
+from users_service.metrics import set_build_info, set_pool_usage
 from users_service.pagination import CursorCodec
 from users_service.settings import Settings, load_settings
 from users_service.tracing import Tracing
@@ -61,6 +62,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if tracing is not None:
         tracing.trace_database(database)
         access_log.traced = True
+    set_build_info(__version__, engine.dialect.name)
+    rate_limits = (
+        CallerLimits(
+            settings.rate_limit_table,
+            settings.rate_limit_storage_url.get_secret_value(),
+            settings.rate_limit_key_prefix,
+        )
+        if settings.rate_limit_table
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -86,6 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await database.close()
         if tracing is not None:
             tracing.shutdown()
+        if rate_limits is not None:
+            await rate_limits.close()
 
     app = FastAPI(
         # The routers' routes themselves, not include_router(): FastAPI 0.165
@@ -113,12 +126,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Outermost last: request ids and the access log, then the client behind
     # a trusted proxy (here, not in uvicorn, so that the log also knows the
-    # peer), then API keys, then each caller's requests in flight, then the
+    # peer), then API keys, then each caller's rate limit (only when
+    # RATE_LIMITS sets one), then each caller's requests in flight, then the
     # body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         CallerConcurrencyMiddleware, limit=settings.max_requests_in_flight_per_caller
     )
+    if rate_limits is not None:
+        app.add_middleware(RateLimitMiddleware, limits=rate_limits)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     app.add_middleware(RequestContextMiddleware, access_log=access_log)

@@ -1,10 +1,20 @@
 """Prometheus metrics, served at GET /metrics.
 
-- `http_requests_total{method, route, status}` and
-  `http_request_duration_seconds{method, route}`: every request, by route
-  template (`/users/{user_id}`), counted by the request middleware.
+- `http_requests_total{method, route, status, caller}` and
+  `http_request_duration_seconds{method, route, caller}`: every request, by
+  route template (`/users/{user_id}`) and caller, counted by the request
+  middleware. `caller` is a name from API_KEYS / API_READ_KEYS, `anonymous`
+  when keys are off (and on the open routes), `unauthenticated` for a
+  missing or refused key: never anything a request made up, so the label
+  set stays bounded.
+- `http_requests_in_flight`: requests being answered now.
+- `build_info{version, python, database}`: always 1.
 - `users_created_total`, `users_updated_total`, `users_deleted_total`.
 - `db_pool_connections{state="in_use"|"idle"}`: sampled every second.
+- `db_pool_wait_seconds` (its `_count`: how many requests had to wait) and
+  `db_pool_timeouts_total`: waits for a connection or a turn (db/database.py).
+- `rate_limit_fallbacks_total`: requests let through unchecked because the
+  rate limits' Redis did not answer (api/ratelimit.py).
 - `http_connections_refused_total{reason}`: 431s and 408s written by the
   connection itself (api/connections.py), which no request line counts.
 
@@ -17,6 +27,7 @@ worker answers it, adds them up (prometheus-client's multiprocess mode).
 from __future__ import annotations
 
 import os
+import platform
 
 from prometheus_client import (
     REGISTRY,
@@ -30,11 +41,13 @@ from prometheus_client import (
 
 UNMATCHED_ROUTE = "<unmatched>"
 
-REQUESTS = Counter("http_requests_total", "HTTP requests answered.", ["method", "route", "status"])
+REQUESTS = Counter(
+    "http_requests_total", "HTTP requests answered.", ["method", "route", "status", "caller"]
+)
 DURATION = Histogram(
     "http_request_duration_seconds",
     "Time from a request's arrival to its answer.",
-    ["method", "route"],
+    ["method", "route", "caller"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 USERS_CREATED = Counter("users_created_total", "Users created (POST /users and /users/batch).")
@@ -53,24 +66,53 @@ POOL = Gauge(
     multiprocess_mode="livesum",
 )
 
+IN_FLIGHT = Gauge(
+    "http_requests_in_flight",
+    "Requests being answered now.",
+    multiprocess_mode="livesum",
+)
+BUILD_INFO = Gauge(
+    "build_info",
+    "Always 1: the service's version, the Python running it, the database kind.",
+    ["version", "python", "database"],
+    multiprocess_mode="max",
+)
+POOL_WAIT = Histogram(
+    "db_pool_wait_seconds",
+    "Time a request waited for a database connection or turn, when none was free at once.",
+    buckets=(0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+POOL_TIMEOUTS = Counter(
+    "db_pool_timeouts_total",
+    "Requests answered 503 because no database connection or turn came free in time.",
+)
+RATE_LIMIT_FALLBACKS = Counter(
+    "rate_limit_fallbacks_total",
+    "Requests let through unchecked because the rate limits' storage (Redis) did not answer.",
+)
+
+
+def set_build_info(version: str, database: str) -> None:
+    BUILD_INFO.labels(version, platform.python_version(), database).set(1)
+
 
 class RequestMetrics:
     """Counts a request in two lookups of our own (prometheus-client's
     `labels()` validates and locks on every call)."""
 
     def __init__(self) -> None:
-        self._counters: dict[tuple[str, str, int], Counter] = {}
-        self._timers: dict[tuple[str, str], Histogram] = {}
+        self._counters: dict[tuple[str, str, int, str], Counter] = {}
+        self._timers: dict[tuple[str, str, str], Histogram] = {}
 
-    def record(self, method: str, route: str, status: int, seconds: float) -> None:
-        counter = self._counters.get((method, route, status))
+    def record(self, method: str, route: str, status: int, seconds: float, caller: str) -> None:
+        counter = self._counters.get((method, route, status, caller))
         if counter is None:
-            counter = self._counters[(method, route, status)] = REQUESTS.labels(
-                method, route, str(status)
+            counter = self._counters[(method, route, status, caller)] = REQUESTS.labels(
+                method, route, str(status), caller
             )
-        timer = self._timers.get((method, route))
+        timer = self._timers.get((method, route, caller))
         if timer is None:
-            timer = self._timers[(method, route)] = DURATION.labels(method, route)
+            timer = self._timers[(method, route, caller)] = DURATION.labels(method, route, caller)
         counter.inc()
         timer.observe(seconds)
 

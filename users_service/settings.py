@@ -8,6 +8,7 @@ stops start-up with a message that names the setting (see `load_settings`).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pydantic import (
     ModelWrapValidatorHandler,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -114,6 +116,51 @@ def parse_api_keys(
     return keys
 
 
+ANY_CALLER = "*"
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """`burst` requests in any window of `window_seconds`: on average at most
+    `per_second` (exactly that when burst is a multiple of it)."""
+
+    per_second: float
+    burst: int
+
+    @property
+    def window_seconds(self) -> int:
+        # Whole seconds: the granularity of the `limits` library's windows.
+        return max(1, math.ceil(self.burst / self.per_second - 1e-9))
+
+
+def parse_rate_limits(setting: str) -> dict[str, RateLimit]:
+    """`caller:rps[:burst],...,*:rps[:burst]` → {caller: RateLimit}; a
+    malformed entry raises ValueError naming it by number."""
+    limits: dict[str, RateLimit] = {}
+    for number, entry in enumerate(filter(None, (e.strip() for e in setting.split(","))), 1):
+        caller, *numbers = entry.split(":")
+        problem = None
+        if caller != ANY_CALLER and not _CALLER.fullmatch(caller):
+            problem = "the caller must be 1-100 letters, digits, '_', '.' or '-', or *"
+        elif caller in limits:
+            problem = f"caller {caller!r} is listed twice"
+        elif not 1 <= len(numbers) <= 2:
+            problem = "it must be caller:requests_per_second[:burst]"
+        else:
+            try:
+                per_second = float(numbers[0])
+                burst = int(numbers[1]) if len(numbers) > 1 else max(1, math.ceil(per_second))
+            except ValueError:
+                per_second, burst = 0.0, 0
+            if not (0 < per_second <= 1_000_000 and 0 < burst <= 1_000_000):
+                problem = "requests_per_second must be a number over 0, burst a whole number over 0"
+            else:
+                limits[caller] = RateLimit(per_second, burst)
+        if problem:
+            raise ValueError(f"entry {number}: {problem}")
+    return limits
+
+
 def key_digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
@@ -191,6 +238,36 @@ class Settings(BaseSettings):
     # request does answer after all, its write is rolled back and it
     # answers 409 idempotency_key_in_use: one user per key either way.
     idempotency_in_flight_timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = 120.0
+
+    # Per-caller rate limits (issue 14; api/ratelimit.py): comma-separated
+    # `caller:requests_per_second[:burst]` pairs, `*` for every caller not
+    # listed; empty: no rate limit. Shared by every process and replica
+    # through RATE_LIMIT_STORAGE_URL (a Redis), else counted per process.
+    # Keys in that Redis start with RATE_LIMIT_KEY_PREFIX (one per deployment).
+    rate_limits: str = ""
+    rate_limit_storage_url: SecretStr = SecretStr("")
+    rate_limit_key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,100}$")] = (
+        "users-service"
+    )
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _rate_limits_parse(cls, setting: str) -> str:
+        parse_rate_limits(setting)
+        return setting
+
+    @field_validator("rate_limit_storage_url")
+    @classmethod
+    def _rate_limit_storage_is_redis(cls, setting: SecretStr) -> SecretStr:
+        url = setting.get_secret_value()
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a Redis URL: redis://host:port/db, rediss:// or unix://")
+        return setting
+
+    @cached_property
+    def rate_limit_table(self) -> dict[str, RateLimit]:
+        """RATE_LIMITS, parsed (checked at start-up): caller (or `*`) → limit."""
+        return parse_rate_limits(self.rate_limits)
 
     sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.FULL
     sqlite_busy_timeout_ms: Annotated[int, Field(ge=0, le=600_000)] = 10_000

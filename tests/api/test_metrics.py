@@ -36,6 +36,11 @@ def test_metrics_are_prometheus_text(client: TestClient) -> None:
         "users_updated",
         "users_deleted",
         "db_pool_connections",
+        "db_pool_wait_seconds",
+        "db_pool_timeouts",
+        "http_requests_in_flight",
+        "build_info",
+        "rate_limit_fallbacks",
     } <= names
 
 
@@ -49,7 +54,7 @@ def test_requests_are_counted_by_route_template_and_status(client: TestClient) -
     client.get("/no-such-page")
     after = client.get("/metrics").text
 
-    route = {"method": "GET", "route": "/users/{user_id}"}
+    route = {"method": "GET", "route": "/users/{user_id}", "caller": "anonymous"}
     assert (
         value(after, "http_requests_total", **route, status="200")
         - value(before, "http_requests_total", **route, status="200")
@@ -60,7 +65,7 @@ def test_requests_are_counted_by_route_template_and_status(client: TestClient) -
         - value(before, "http_requests_total", **route, status="404")
         == 1
     )
-    unmatched = {"method": "GET", "route": "<unmatched>", "status": "404"}
+    unmatched = {"method": "GET", "route": "<unmatched>", "status": "404", "caller": "anonymous"}
     assert (
         value(after, "http_requests_total", **unmatched)
         - value(before, "http_requests_total", **unmatched)

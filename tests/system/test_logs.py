@@ -69,7 +69,7 @@ def test_json_log_has_one_line_per_request_without_keys_or_emails(tmp_path: Path
     assert first["caller"] == "alpha"
     assert isinstance(first["duration_ms"], float) and first["duration_ms"] > 0
     assert access[2]["user_id"] == user_id
-    assert access[3]["caller"] == "anonymous"
+    assert access[3]["caller"] == "unauthenticated"  # as in the metrics
     assert API_KEY not in log and "wrong-key" not in log
     assert EMAIL not in log and "example.com" not in log
 

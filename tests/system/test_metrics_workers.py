@@ -33,6 +33,7 @@ def test_two_workers_report_the_same_totals_whichever_answers(backend: str, tmp_
                     method="GET",
                     route="/users/{user_id}",
                     status="200",
+                    caller="anonymous",
                 )
             )
         server.process.send_signal(signal.SIGTERM)

@@ -4,7 +4,8 @@ Each setting is a comma-separated list of `caller:key` pairs. When either
 is set, every /users request needs `Authorization: Bearer <key>`. Keys are
 compared in constant time (as SHA-256 digests, so not even their length
 shows), and never logged: only the caller's name travels on, in
-`scope["state"]["caller"]`, for logs and idempotency keys.
+`scope["state"]["caller"]`, for logs, metrics, rate limits and idempotency
+keys (`anonymous` when keys are off, `unauthenticated` for a refused key).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from users_service.api.problems import problem_response
 from users_service.errors import Forbidden, Unauthorized
 from users_service.settings import ApiKey, key_digest
 
-ANONYMOUS = "anonymous"
+ANONYMOUS = "anonymous"  # the caller when keys are off, and on the open routes
+UNAUTHENTICATED = "unauthenticated"  # a missing or refused key: 401
 PROTECTED_PREFIX = "/users"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -62,6 +64,7 @@ class ApiKeyMiddleware:
         if self.keys and is_protected(path):
             key = self._caller_of(scope)
             if key is None:
+                state["caller"] = UNAUTHENTICATED
                 await problem_response(Unauthorized())(scope, receive, send)
                 return
             state["caller"] = key.caller  # a refused write is logged with its caller too

@@ -12,11 +12,11 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from users_service.api.auth import is_protected
+from users_service.api.auth import ANONYMOUS, is_protected
 from users_service.api.problems import problem_response
 from users_service.errors import InternalError, PayloadTooLarge, RateLimited, ServiceUnavailable
 from users_service.logs import AccessLog
-from users_service.metrics import UNMATCHED_ROUTE, RequestMetrics
+from users_service.metrics import IN_FLIGHT, UNMATCHED_ROUTE, RequestMetrics
 from users_service.request_context import (
     REQUEST_ID_HEADER,
     request_id_from,
@@ -75,6 +75,7 @@ class RequestContextMiddleware:
         token = set_request_id(request_id)
         header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
         status = 500
+        IN_FLIGHT.inc()
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
@@ -100,6 +101,7 @@ class RequestContextMiddleware:
                 raise
             await problem_response(InternalError())(scope, receive, send_with_request_id)
         finally:
+            IN_FLIGHT.dec()
             reset_request_id(token)
             self._observe(scope, request_id, status, time.perf_counter() - started, peer)
 
@@ -114,11 +116,14 @@ class RequestContextMiddleware:
         route = scope.get("route")
         template = getattr(route, "path_format", None) or UNMATCHED_ROUTE
         method = scope["method"]
-        self.metrics.record(method, template, status, seconds)
+        # Set by ApiKeyMiddleware: a configured name, `anonymous` or
+        # `unauthenticated`, never what the request sent.
+        caller = scope.get("state", {}).get("caller") or ANONYMOUS
+        self.metrics.record(method, template, status, seconds, caller)
         if self.access_log.enabled:
             self.access_log.write(
                 request_id=request_id,
-                caller=scope.get("state", {}).get("caller"),
+                caller=caller,
                 method=method,
                 route=template,
                 status=status,

@@ -51,11 +51,14 @@ ETAG_HEADER = {
         "schema": {"type": "string"},
     }
 }
-# The creates' 429: a new Idempotency-Key past the caller's cap.
+# The creates' 429: a caller over its rate, or a new Idempotency-Key past
+# the caller's cap.
 IDEMPOTENCY_QUOTA_RESPONSE: dict[int | str, dict[str, Any]] = {
     429: {
         **problem_responses(429)[429],
-        "description": "Too Many Requests: `idempotency_quota_exceeded`, a new "
+        "description": "Too Many Requests: `rate_limited` (the caller is over its "
+        "RATE_LIMITS rate or has too many requests in flight), or "
+        "`idempotency_quota_exceeded`, a new "
         "Idempotency-Key while this caller keeps as many keys (or bytes of answers) as "
         "it may (IDEMPOTENCY_MAX_KEYS_PER_CALLER, IDEMPOTENCY_MAX_BYTES_PER_CALLER). "
         "Stored keys are still replayed, and a request without a key is served.",
@@ -104,7 +107,7 @@ def next_page_path(request: Request, cursor: str) -> str:
             "description": "Not Modified: the user still has the ETag in If-None-Match.",
             "headers": ETAG_HEADER,
         },
-        **problem_responses(401, 404, 422, 503),
+        **problem_responses(401, 404, 422, 429, 503),
     },
 )
 async def get_user(
@@ -124,7 +127,7 @@ async def get_user(
     response_model=UserPage,
     operation_id="list_users",
     summary="List users",
-    responses={200: {"headers": LINK_HEADER}, **problem_responses(401, 422, 503)},
+    responses={200: {"headers": LINK_HEADER}, **problem_responses(401, 422, 429, 503)},
 )
 async def list_users(
     query: ListQuery, database: DatabaseDep, cursors: CursorCodecDep, request: Request
@@ -163,7 +166,7 @@ async def list_users(
     summary="Create a user",
     responses={
         201: {"headers": {**ETAG_HEADER, **LOCATION_HEADER, **REPLAYED_HEADER}},
-        **problem_responses(401, 403, 409, 413, 415, 422, 503),
+        **problem_responses(401, 403, 409, 413, 415, 422, 429, 503),
         **IDEMPOTENCY_QUOTA_RESPONSE,
     },
 )
@@ -185,7 +188,7 @@ async def create_user(
     summary="Change some of a user's fields",
     responses={
         200: {"headers": ETAG_HEADER},
-        **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 503),
+        **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 429, 503),
     },
 )
 async def update_user(
@@ -210,7 +213,7 @@ async def update_user(
     summary="Replace a user's fields",
     responses={
         200: {"headers": ETAG_HEADER},
-        **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 503),
+        **problem_responses(401, 403, 404, 409, 412, 413, 415, 422, 429, 503),
     },
 )
 async def replace_user(
@@ -232,7 +235,7 @@ async def replace_user(
     status_code=status.HTTP_204_NO_CONTENT,
     operation_id="delete_user",
     summary="Delete a user",
-    responses=problem_responses(401, 403, 404, 412, 422, 503),
+    responses=problem_responses(401, 403, 404, 412, 422, 429, 503),
 )
 async def delete_user(user_id: UserId, database: DatabaseDep, if_match: IfMatch = None) -> Response:
     async with database.transaction() as connection:
@@ -251,7 +254,7 @@ async def delete_user(user_id: UserId, database: DatabaseDep, if_match: IfMatch 
     summary="Create users, all or none",
     responses={
         201: {"headers": REPLAYED_HEADER},
-        **problem_responses(401, 403, 409, 413, 415, 422, 503),
+        **problem_responses(401, 403, 409, 413, 415, 422, 429, 503),
         **IDEMPOTENCY_QUOTA_RESPONSE,
     },
 )

@@ -36,6 +36,7 @@ from sqlalchemy.engine import Dialect
 from users_service.db.errors import DatabaseUnavailable, MissingTable
 from users_service.db.schema import SchemaState, compare_revisions
 from users_service.db.statements import Row, Statement, compiled
+from users_service.metrics import POOL_TIMEOUTS, POOL_WAIT
 from users_service.settings import Settings
 
 C = TypeVar("C")
@@ -99,8 +100,9 @@ class Database:
     @asynccontextmanager
     async def _turns(self, *semaphores: asyncio.Semaphore | None) -> AsyncIterator[None]:
         """Hold one place in each semaphore, waiting DB_POOL_TIMEOUT_SECONDS at
-        most in all (then DatabaseUnavailable)."""
-        deadline = None
+        most in all (then DatabaseUnavailable). A wait, and a wait that runs
+        out, are counted for /metrics (db_pool_wait_seconds, db_pool_timeouts_total)."""
+        deadline = waited_since = None
         held: list[asyncio.Semaphore] = []
         try:
             for semaphore in semaphores:
@@ -108,15 +110,20 @@ class Database:
                     continue
                 if semaphore.locked():
                     now = asyncio.get_running_loop().time()
+                    waited_since = waited_since or now
                     deadline = deadline or now + self._acquire_timeout
                     remaining = deadline - now
                     try:
                         await asyncio.wait_for(semaphore.acquire(), max(remaining, 0))
                     except TimeoutError:
+                        POOL_WAIT.observe(asyncio.get_running_loop().time() - waited_since)
+                        POOL_TIMEOUTS.inc()
                         raise DatabaseUnavailable("no database connection free") from None
                 else:
                     await semaphore.acquire()  # free: no timer needed
                 held.append(semaphore)
+            if waited_since is not None:  # /metrics: only the requests that waited
+                POOL_WAIT.observe(asyncio.get_running_loop().time() - waited_since)
             yield
         finally:
             for semaphore in reversed(held):

@@ -29,6 +29,7 @@ from users_service.db.database import Connection, Database
 from users_service.db.errors import translated, unavailable
 from users_service.db.statements import Row, Statement
 from users_service.db.threaded import ThreadedConnection, release_threaded
+from users_service.metrics import POOL_TIMEOUTS, POOL_WAIT
 from users_service.settings import Settings
 
 _UNAVAILABLE = (sqlite3.OperationalError,)
@@ -162,16 +163,25 @@ class SQLiteDatabase(Database):
 
     async def _begin(self, raw: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting (off the loop's clock) for another process's lock."""
-        deadline = time.monotonic() + self._busy_timeout
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError:
+            pass  # another process writes: wait for it (counted for /metrics)
+        started = time.monotonic()
+        deadline = started + self._busy_timeout
         pause = 0.0005
         while True:
+            await asyncio.sleep(pause)
             try:
                 raw.execute("BEGIN IMMEDIATE")
+                POOL_WAIT.observe(time.monotonic() - started)
                 return
             except sqlite3.OperationalError as error:
                 if time.monotonic() > deadline:
+                    POOL_WAIT.observe(time.monotonic() - started)
+                    POOL_TIMEOUTS.inc()
                     raise unavailable(error) from error
-            await asyncio.sleep(pause)
             # Short pauses: a writer that sleeps long keeps losing the lock
             # to the other process's writers.
             pause = min(pause * 2, 0.004)
