@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     SERVICE_UNAVAILABLE = "service_unavailable"
     INTERNAL_ERROR = "internal_error"
     RATE_LIMITED = "rate_limited"
+    CURSOR_EXPIRED = "cursor_expired"
 
 
 FieldErrors = Sequence[Mapping[str, Any]]
@@ -160,3 +161,11 @@ class InternalError(ServiceError):
 class RateLimited(ServiceError):
     code = ErrorCode.RATE_LIMITED
     message = "Too many requests from this caller at once; retry shortly"
+
+
+class CursorExpired(ServiceError):
+    code = ErrorCode.CURSOR_EXPIRED
+    message = (
+        "Changes after this cursor are past retention (CHANGES_RETENTION_DAYS) and were "
+        "deleted; start again without a cursor"
+    )

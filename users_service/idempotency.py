@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import LargeBinary, bindparam, delete, func, insert, select, update
 
 from users_service.db.database import Connection, Database
 from users_service.db.errors import UniqueViolation
@@ -217,6 +218,23 @@ async def delete_expired(*, database: Database) -> int:
             lambda: delete(keys).where(keys.c.created_at < bindparam("cutoff")),
         )
         return await connection.run(statement, {"cutoff": cutoff})
+
+
+async def erase_answers_with(*, connection: Connection, user_id: uuid.UUID) -> None:
+    """Delete the stored answers that show the user (a deleted user's name and
+    email must not outlive them), in the delete's transaction. Reads every
+    stored answer: keys live 24 hours at most."""
+    dialect = connection.dialect.name
+    statement = compiled(connection, "erase_answers", lambda: _answers_with(dialect))
+    pattern = str(user_id) if dialect == "sqlite" else f"%{user_id}%"
+    await connection.run(statement, {"pattern": pattern.encode()})
+
+
+def _answers_with(dialect: str) -> Any:
+    pattern = bindparam("pattern", type_=LargeBinary)
+    if dialect == "sqlite":  # SQLite's LIKE does not look into blobs; instr does
+        return delete(keys).where(func.instr(keys.c.body, pattern) > 0)
+    return delete(keys).where(keys.c.body.op("LIKE")(pattern))
 
 
 SWEEP_EVERY_SECONDS = 60.0

@@ -6,6 +6,7 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -20,6 +21,7 @@ from users_service.api.middleware import (
 )
 from users_service.api.problems import install_error_handlers
 from users_service.api.routing import head_routes
+from users_service.changes import prune_old_changes
 from users_service.db.database import Database, create_database
 from users_service.db.engine import configure_threadpool, create_db_engine
 from users_service.db.schema import migration_revisions
@@ -53,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = create_db_engine(settings)
     database = create_database(engine, settings)
     access_log = AccessLog.for_settings(settings)
+    retention = timedelta(days=settings.changes_retention_days)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -64,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         background = [
             asyncio.create_task(sweep_expired_idempotency_keys(database)),
+            asyncio.create_task(prune_old_changes(database, retention)),
             asyncio.create_task(flush_and_sample(database, access_log)),
         ]
         yield

@@ -118,6 +118,32 @@ class CursorCodec:
             # Signed but not a key: made with a secret someone else knows.
             raise InvalidCursor("cursor is malformed") from None
 
+    def encode_position(self, context: str, position: int) -> str:
+        """A cursor that holds a position in a log (the change feed, a history)."""
+        payload = orjson.dumps([position])
+        return f"{_b64(payload)}.{_b64(self._sign(payload, f'position|{context}'))}"
+
+    def decode_position(self, cursor: str, context: str) -> int:
+        try:
+            payload_text, signature_text = cursor.split(".")
+            payload, signature = _unb64(payload_text), _unb64(signature_text)
+        except ValueError:
+            raise InvalidCursor("cursor is malformed") from None
+        if not hmac.compare_digest(signature, self._sign(payload, f"position|{context}")):
+            raise InvalidCursor("cursor is not valid here")
+        try:
+            value = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise InvalidCursor("cursor is malformed") from None
+        if not (
+            isinstance(value, list)
+            and len(value) == 1
+            and type(value[0]) is int
+            and 0 <= value[0] < 2**63
+        ):
+            raise InvalidCursor("cursor is malformed")
+        return int(value[0])
+
 
 def _sort_key(payload: Any, order: SortOrder) -> tuple[Any, uuid.UUID]:
     """The (value, id) a cursor holds, each checked as its column's type."""

@@ -180,6 +180,10 @@ class Settings(BaseSettings):
     headers_timeout_seconds: Annotated[int, Field(ge=1, le=300)] = 10
     keep_alive_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 5
 
+    # How long the change log keeps a change (GET /users/changes, the relay);
+    # a cursor before what is kept is 410 cursor_expired.
+    changes_retention_days: Annotated[float, Field(gt=0, le=3650)] = 7.0
+
     # On SIGTERM: how long requests in flight may run on before the process
     # exits without them (see users_service.__main__).
     shutdown_grace_seconds: Annotated[int, Field(ge=1, le=3600)] = 30
