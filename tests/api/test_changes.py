@@ -172,7 +172,9 @@ def test_a_cursor_past_retention_is_410_cursor_expired(client: TestClient, app: 
     )
 
     assert deleted >= 2
-    assert_problem(client.get("/users/changes", params={"cursor": old_cursor}), 410, "cursor_expired")
+    assert_problem(
+        client.get("/users/changes", params={"cursor": old_cursor}), 410, "cursor_expired"
+    )
     items, _ = drain(client)  # without a cursor: from the oldest kept
     assert [i["user_id"] for i in items] == [kept["id"]]
 
@@ -236,7 +238,7 @@ def test_deleting_a_user_leaves_their_email_in_no_table(client: TestClient, app:
     found = []
     with engine.connect() as connection:
         for table in inspect(engine).get_table_names():
-            for row in connection.exec_driver_sql(f"SELECT * FROM {table}"):  # noqa: S608
+            for row in connection.exec_driver_sql(f"SELECT * FROM {table}"):
                 text = " ".join(
                     value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
                     for value in row
