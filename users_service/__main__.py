@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve the API on HOST:PORT")
     commands.add_parser("migrate", help="upgrade the database to the newest migration")
-    seed = commands.add_parser("seed", help="insert N synthetic users (bulk, with progress)")
+    seed = commands.add_parser(
+        "seed",
+        help="insert N synthetic users (bulk, with progress; no changes in the change log)",
+    )
     seed.add_argument("count", type=int, help="how many users")
     seed.add_argument("--batch-size", type=int, default=10_000)
     openapi = commands.add_parser("openapi", help="write the OpenAPI document (make openapi)")
@@ -114,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_users(engine, args.count, batch_size=args.batch_size)
         elapsed = time.perf_counter() - started
         print(f"seeded {args.count} users in {elapsed:.1f} s ({args.count / elapsed:,.0f}/s)")
+        print("seeded users have no changes in the change log (GET /users/changes)")
         engine.dispose()
         return 0
 

@@ -44,6 +44,7 @@ import orjson
 from sqlalchemy import Connection as SyncConnection
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
+from users_service.db.bulk import copy_rows
 from users_service.db.database import Connection, Database
 from users_service.db.rendering import UserRecord, as_utc, json_value
 from users_service.db.statements import Row, compiled
@@ -69,6 +70,10 @@ class ChangeSource:
     request_id: str
 
 
+# Changes made by `users-service import` (its request id names the run).
+IMPORT_SOURCE = ChangeSource("import", "")
+
+
 def _row(
     source: ChangeSource,
     action: str,
@@ -91,18 +96,12 @@ def _row(
 
 
 def created_row(
-    source: ChangeSource, values: Mapping[str, Any], user: UserRecord
+    source: ChangeSource, values: Mapping[str, Any], user: UserRecord, at: datetime | None = None
 ) -> dict[str, Any]:
-    """The change of a user just created from `values` (as written)."""
-    return _row(
-        source,
-        CREATED,
-        values["id"],
-        values["version"],
-        values["created_at"],
-        EDITABLE_FIELDS,
-        user,
-    )
+    """The change of a user just created from `values` (as written), at
+    `at` (default: the user's created_at)."""
+    when = values["created_at"] if at is None else at
+    return _row(source, CREATED, values["id"], values["version"], when, EDITABLE_FIELDS, user)
 
 
 def updated_row(
@@ -168,7 +167,10 @@ def append_sync(connection: SyncConnection, rows: Sequence[Mapping[str, Any]]) -
     lock = _order_lock(connection.dialect.name)
     if lock is not None:
         connection.execute(lock)
-    connection.execute(_insert_statement(), list(rows))
+    if connection.dialect.name == "postgresql":
+        copy_rows(connection, rows, table=user_changes.name, columns=ROW_COLUMNS)
+    else:
+        connection.execute(_insert_statement(), list(rows))
 
 
 async def erase_user(*, connection: Connection, user_id: uuid.UUID) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,8 @@ from sqlalchemy import inspect, select, update
 from tests.helpers import ADA, READER, WRITER, assert_problem, create_ada, create_user
 from users_service import changes
 from users_service.models import user_changes
+from users_service.seed import seed_users
+from users_service.transfer import import_file
 
 
 def drain(client: TestClient, cursor: str | None = None, **params: Any) -> tuple[list[Any], str]:
@@ -260,3 +264,36 @@ def test_the_feed_needs_a_key_like_users_and_a_reader_may_follow_it(keyed: TestC
     assert [(i["caller"], i["user_id"]) for i in page["items"]] == [("writer", created["id"])]
     history = keyed.get(f"/users/{created['id']}/history", headers=READER)
     assert history.status_code == 200
+
+
+def test_import_appends_a_created_change_per_imported_user_and_seed_none(
+    client: TestClient, app: FastAPI, tmp_path: Path
+) -> None:
+    present = create_ada(client)
+    _, cursor = drain(client)
+    path = tmp_path / "users.jsonl"
+    path.write_text(
+        "\n".join(
+            json.dumps(row)
+            for row in [
+                {"name": "Imp One", "email": "imp1@example.com", "age": 1},
+                {**ADA},  # already present: no change
+                {"name": "Imp Two", "email": "imp2@example.com", "age": 2},
+            ]
+        )
+        + "\n"
+    )
+
+    summary, _ = import_file(app.state.database.engine, path, progress=False)
+    seed_users(app.state.database.engine, 5)
+
+    assert summary.imported == 2
+    items, _ = drain(client, cursor)
+    assert [(i["action"], i["user"]["email"]) for i in items] == [
+        ("created", "imp1@example.com"),
+        ("created", "imp2@example.com"),
+    ]
+    assert {i["caller"] for i in items} == {"import"}
+    assert len({i["request_id"] for i in items}) == 1
+    assert items[0]["user_id"] != present["id"]
+    assert datetime.fromisoformat(items[0]["at"]) > datetime.now(UTC) - timedelta(minutes=5)
