@@ -1,4 +1,5 @@
-"""Command line: `python -m users_service serve | migrate | seed | import | export | openapi`."""
+"""Command line: `python -m users_service serve | migrate | seed | import | export | relay |
+openapi`."""
 
 from __future__ import annotations
 
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     seed.add_argument("count", type=int, help="how many users")
     seed.add_argument("--batch-size", type=int, default=10_000)
+    commands.add_parser(
+        "relay", help="publish the change log to NATS JetStream (RELAY_* settings), until SIGTERM"
+    )
     openapi = commands.add_parser("openapi", help="write the OpenAPI document (make openapi)")
     openapi.add_argument("--output", default="-", help="file to write; - (default): stdout")
     _add_transfer_commands(commands)
@@ -123,6 +127,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in ("import", "export"):
         return _transfer(args, settings)
+
+    if args.command == "relay":
+        import asyncio
+
+        from users_service.logs import configure_logging
+        from users_service.relay import relay
+
+        configure_logging(settings, buffered=False)
+        asyncio.run(relay(settings))
+        return 0
 
     from functools import partial
 

@@ -146,12 +146,27 @@ def _insert_statement() -> Any:
     return insert(user_changes).values({name: bindparam(name) for name in ROW_COLUMNS})
 
 
+def _locked_insert_statement() -> Any:
+    """PostgreSQL: the order lock and one change in one statement (one round
+    trip less per write). The lock's CTE is the row source, so it is taken
+    before the row's seq is drawn."""
+    lock = select(func.pg_advisory_xact_lock(ORDER_LOCK_KEY).label("locked")).cte("order_lock")
+    values = select(
+        *(bindparam(name, type_=user_changes.c[name].type) for name in ROW_COLUMNS)
+    ).select_from(lock)
+    return insert(user_changes).from_select(ROW_COLUMNS, values)
+
+
 async def append(*, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Append changes in the connection's open write transaction, in order.
 
     Call it last in the transaction: the order lock it takes is held until
     the commit.
     """
+    if len(rows) == 1 and connection.dialect.name == "postgresql":
+        statement = compiled(connection, "insert_change_locked", _locked_insert_statement)
+        await connection.run(statement, rows[0])
+        return
     await _take_order_lock(connection)
     statement = compiled(connection, "insert_change", _insert_statement)
     if len(rows) == 1:
@@ -174,7 +189,12 @@ def append_sync(connection: SyncConnection, rows: Sequence[Mapping[str, Any]]) -
 
 
 async def erase_user(*, connection: Connection, user_id: uuid.UUID) -> None:
-    """Forget the user's name and email in their earlier changes."""
+    """Forget the user's name and email in their earlier changes.
+
+    Takes the order lock first, as `prune` does before it touches changes:
+    the two then never wait on each other's rows in opposite orders.
+    """
+    await _take_order_lock(connection)
     statement = compiled(
         connection,
         "erase_changes",

@@ -182,8 +182,9 @@ async def delete_user(
     )
     if not await connection.run(statement, {"user_id": user_id}):
         raise UserNotFound()
-    await changes.erase_user(connection=connection, user_id=user_id)
     await idempotency.erase_answers_with(connection=connection, user_id=user_id)
+    # Last: it takes the order lock, held until the commit.
+    await changes.erase_user(connection=connection, user_id=user_id)
     change = changes.deleted_row(source, user_id, row[0], utcnow())
     await changes.append(connection=connection, rows=[change])
 
