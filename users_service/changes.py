@@ -247,14 +247,19 @@ class FeedPage:
     expired: bool  # the position asked for is before what retention kept
 
 
-async def _pruned(connection: Connection) -> int:
+async def stored_position(connection: Connection, name: str) -> int | None:
+    """A named position of change_positions (None if there is none)."""
     statement = compiled(
         connection,
-        "pruned_position",
+        "stored_position",
         lambda: select(change_positions.c.seq).where(change_positions.c.name == bindparam("name")),
     )
-    row = await connection.one(statement, {"name": PRUNED_POSITION})
-    return int(row[0]) if row else 0
+    row = await connection.one(statement, {"name": name})
+    return None if row is None else int(row[0])
+
+
+async def _pruned(connection: Connection) -> int:
+    return await stored_position(connection, PRUNED_POSITION) or 0
 
 
 async def read_feed(*, database: Database, after: int | None, limit: int) -> FeedPage:

@@ -104,14 +104,21 @@ class CursorCodec:
         payload = orjson.dumps([value, str(last_id)])
         return f"{_b64(payload)}.{_b64(self._sign(payload, f'{order}|{context}'))}"
 
-    def decode(self, cursor: str, order: SortOrder, context: str) -> tuple[Any, uuid.UUID]:
+    def _verified(self, cursor: str, context: str, refusal: str) -> bytes:
+        """The payload of a cursor signed for `context` (else InvalidCursor)."""
         try:
             payload_text, signature_text = cursor.split(".")
             payload, signature = _unb64(payload_text), _unb64(signature_text)
         except ValueError:
             raise InvalidCursor("cursor is malformed") from None
-        if not hmac.compare_digest(signature, self._sign(payload, f"{order}|{context}")):
-            raise InvalidCursor("cursor is not valid for this sort and these filters")
+        if not hmac.compare_digest(signature, self._sign(payload, context)):
+            raise InvalidCursor(refusal)
+        return payload
+
+    def decode(self, cursor: str, order: SortOrder, context: str) -> tuple[Any, uuid.UUID]:
+        payload = self._verified(
+            cursor, f"{order}|{context}", "cursor is not valid for this sort and these filters"
+        )
         try:
             return _sort_key(orjson.loads(payload), order)
         except (ValueError, TypeError, OverflowError):
@@ -124,13 +131,7 @@ class CursorCodec:
         return f"{_b64(payload)}.{_b64(self._sign(payload, f'position|{context}'))}"
 
     def decode_position(self, cursor: str, context: str) -> int:
-        try:
-            payload_text, signature_text = cursor.split(".")
-            payload, signature = _unb64(payload_text), _unb64(signature_text)
-        except ValueError:
-            raise InvalidCursor("cursor is malformed") from None
-        if not hmac.compare_digest(signature, self._sign(payload, f"position|{context}")):
-            raise InvalidCursor("cursor is not valid here")
+        payload = self._verified(cursor, f"position|{context}", "cursor is not valid here")
         try:
             value = orjson.loads(payload)
         except orjson.JSONDecodeError:

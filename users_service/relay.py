@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, update
 
 from users_service import changes
 from users_service.db.database import Database, create_database
@@ -76,15 +76,7 @@ class RelayConfig:
 
 async def read_position(database: Database, name: str) -> int | None:
     async with database.read() as connection:
-        statement = compiled(
-            connection,
-            "read_position",
-            lambda: select(change_positions.c.seq).where(
-                change_positions.c.name == bindparam("name")
-            ),
-        )
-        row = await connection.one(statement, {"name": name})
-    return None if row is None else int(row[0])
+        return await changes.stored_position(connection, name)
 
 
 async def store_position(database: Database, name: str, seq: int) -> None:

@@ -183,6 +183,9 @@ class Settings(BaseSettings):
     # How long the change log keeps a change (GET /users/changes, the relay);
     # a cursor before what is kept is 410 cursor_expired.
     changes_retention_days: Annotated[float, Field(gt=0, le=3650)] = 7.0
+    # The longest a long poll of GET /users/changes waits, whatever its
+    # `wait` asks (e.g. below a proxy's idle timeout).
+    changes_max_wait_seconds: Annotated[float, Field(ge=0, le=30)] = 30.0
 
     # `users-service relay`: the NATS server, the JetStream stream (made if
     # missing, with this duplicate window) and the subjects' prefix.

@@ -22,6 +22,7 @@ from users_service.db.database import Database
 from users_service.models import ChangeQuery, HistoryQuery, UserListQuery
 from users_service.pagination import CursorCodec
 from users_service.request_context import current_request_id
+from users_service.settings import Settings
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
@@ -92,6 +93,11 @@ def get_database(request: Request) -> Database:
     return database
 
 
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
 def get_cursor_codec(request: Request) -> CursorCodec:
     codec: CursorCodec = request.app.state.cursor_codec
     return codec
@@ -109,6 +115,7 @@ def get_change_source(request: Request) -> ChangeSource:
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 ChangeSourceDep = Annotated[ChangeSource, Depends(get_change_source)]
 CursorCodecDep = Annotated[CursorCodec, Depends(get_cursor_codec)]
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

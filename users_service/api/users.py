@@ -20,6 +20,7 @@ from users_service.api.deps import (
     IfMatch,
     IfNoneMatch,
     ListQuery,
+    SettingsDep,
     UserId,
 )
 from users_service.api.jsonio import JSONResponse, json_bytes_response
@@ -297,7 +298,7 @@ def _position(cursors: CursorCodec, cursor: str | None, context: str) -> int | N
     responses=problem_responses(401, 410, 422, 503),
 )
 async def list_changes(
-    query: ChangesQuery, database: DatabaseDep, cursors: CursorCodecDep
+    query: ChangesQuery, database: DatabaseDep, cursors: CursorCodecDep, settings: SettingsDep
 ) -> Response:
     """Every change to every user, in commit order: follow `next_cursor` (always
     present) to see each change exactly once. With `wait`, an empty page is
@@ -305,7 +306,7 @@ async def list_changes(
     are past retention is 410 `cursor_expired`."""
     after = _position(cursors, query.cursor, FEED_CONTEXT)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + query.wait
+    deadline = loop.time() + min(query.wait, settings.changes_max_wait_seconds)
     signal = database.commits
     while True:
         committed = signal.current()  # before reading: a commit meanwhile sets it
