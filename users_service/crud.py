@@ -76,13 +76,19 @@ async def create_user(
         "updated_at": now,
         "version": 1,
     }
-    statement = compiled(connection, "insert_user", lambda: insert(users))
+    user = to_record(values)
+    change = changes.created_row(source, values, user)
     try:
+        if connection.dialect.name == "postgresql":  # one round trip for both
+            await changes.insert_user_with_change(
+                connection=connection, values=values, change=change
+            )
+            return user
+        statement = compiled(connection, "insert_user", lambda: insert(users))
         await connection.run(statement, values)
     except UniqueViolation:
         raise EmailTaken() from None
-    user = to_record(values)
-    await changes.append(connection=connection, rows=[changes.created_row(source, values, user)])
+    await changes.append(connection=connection, rows=[change])
     return user
 
 
