@@ -170,7 +170,7 @@ def _create_with_change_statement() -> Any:
     """
     created = (
         insert(users)
-        .values({name: bindparam(name) for name in users.columns.keys()})
+        .values({column.name: bindparam(column.name) for column in users.columns})
         .returning(users.c.id)
         .cte("created_user")
     )
