@@ -27,7 +27,7 @@ from tests.databases import backend_ids, create_fresh_database, migrate
 from tests.helpers import READER_KEY, WRITER_KEY
 from tests.server import TEST_CURSOR_SECRET
 from users_service.main import create_app
-from users_service.models import idempotency_keys, users
+from users_service.models import idempotency_keys, user_changes, users
 from users_service.settings import Settings, load_settings
 
 LEVELS = ("unit", "api", "system")
@@ -81,6 +81,7 @@ def client(session_client: TestClient, app: FastAPI) -> TestClient:
     """A client on an app whose users table is empty."""
     with app.state.database.engine.begin() as connection:
         connection.execute(delete(users))
+        connection.execute(delete(user_changes))
     return session_client
 
 
@@ -107,7 +108,7 @@ def keyed_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
 def keyed(keyed_app: FastAPI) -> Iterator[TestClient]:
     """A client on the keyed app, its tables emptied."""
     with keyed_app.state.database.engine.begin() as connection:
-        for table in (users, idempotency_keys):
+        for table in (users, idempotency_keys, user_changes):
             connection.execute(delete(table))
     with TestClient(keyed_app, raise_server_exceptions=False) as test_client:
         yield test_client

@@ -1,4 +1,5 @@
-"""Command line: `python -m users_service serve | migrate | seed | import | export | openapi`."""
+"""Command line: `python -m users_service serve | migrate | seed | import | export | relay |
+openapi`."""
 
 from __future__ import annotations
 
@@ -74,9 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve the API on HOST:PORT")
     commands.add_parser("migrate", help="upgrade the database to the newest migration")
-    seed = commands.add_parser("seed", help="insert N synthetic users (bulk, with progress)")
+    seed = commands.add_parser(
+        "seed",
+        help="insert N synthetic users (bulk, with progress; no changes in the change log)",
+    )
     seed.add_argument("count", type=int, help="how many users")
     seed.add_argument("--batch-size", type=int, default=10_000)
+    commands.add_parser(
+        "relay", help="publish the change log to NATS JetStream (RELAY_* settings), until SIGTERM"
+    )
     openapi = commands.add_parser("openapi", help="write the OpenAPI document (make openapi)")
     openapi.add_argument("--output", default="-", help="file to write; - (default): stdout")
     _add_transfer_commands(commands)
@@ -114,11 +121,22 @@ def main(argv: list[str] | None = None) -> int:
         seed_users(engine, args.count, batch_size=args.batch_size)
         elapsed = time.perf_counter() - started
         print(f"seeded {args.count} users in {elapsed:.1f} s ({args.count / elapsed:,.0f}/s)")
+        print("seeded users have no changes in the change log (GET /users/changes)")
         engine.dispose()
         return 0
 
     if args.command in ("import", "export"):
         return _transfer(args, settings)
+
+    if args.command == "relay":
+        import asyncio
+
+        from users_service.logs import configure_logging
+        from users_service.relay import relay
+
+        configure_logging(settings, buffered=False)
+        asyncio.run(relay(settings))
+        return 0
 
     from functools import partial
 

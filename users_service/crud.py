@@ -36,6 +36,8 @@ from sqlalchemy import (
     update,
 )
 
+from users_service import changes, idempotency
+from users_service.changes import ChangeSource
 from users_service.db import name_search
 from users_service.db.database import Connection
 from users_service.db.errors import UniqueViolation
@@ -63,7 +65,9 @@ class UserJSON:
 # Single users
 
 
-async def create_user(*, connection: Connection, data: UserFields) -> UserRecord:
+async def create_user(
+    *, connection: Connection, data: UserFields, source: ChangeSource
+) -> UserRecord:
     user_id = uuid.uuid4()
     now = utcnow()
     values = {
@@ -73,12 +77,20 @@ async def create_user(*, connection: Connection, data: UserFields) -> UserRecord
         "updated_at": now,
         "version": 1,
     }
-    statement = compiled(connection, "insert_user", lambda: insert(users))
+    user = to_record(values)
+    change = changes.created_row(source, values, user)
     try:
+        if connection.dialect.name == "postgresql":  # one round trip for both
+            await changes.insert_user_with_change(
+                connection=connection, values=values, change=change
+            )
+            return user
+        statement = compiled(connection, "insert_user", lambda: insert(users))
         await connection.run(statement, values)
     except UniqueViolation:
         raise EmailTaken() from None
-    return to_record(values)
+    await changes.append(connection=connection, rows=[change])
+    return user
 
 
 def _user_by_id(dialect: str, *, for_update: bool) -> Select[Any]:
@@ -109,10 +121,12 @@ async def update_user(
     *,
     connection: Connection,
     user_id: uuid.UUID,
-    changes: Mapping[str, Any],
+    fields: Mapping[str, Any],
     expected: VersionCondition | None,
+    source: ChangeSource,
 ) -> UserRecord:
-    """Apply `changes`; a change that changes nothing keeps the version.
+    """Apply `fields`; a change that changes nothing keeps the version (and
+    appends no change to the log).
 
     The row is locked while it is compared (SQLite: the write transaction
     holds the database's write lock), so concurrent writers and the
@@ -129,14 +143,14 @@ async def update_user(
         raise VersionMismatch()
     user: UserRecord = orjson.loads(row[0])
     changed = {
-        field: value for field, value in changes.items() if user[field] != json_value(field, value)
+        field: value for field, value in fields.items() if user[field] != json_value(field, value)
     }
     if not changed:
         return user
     now = utcnow()
     values = {**changed, "updated_at": now, "version": user["version"] + 1}
-    fields = tuple(sorted(values))
-    statement = compiled(connection, ("update_user", fields), lambda: _update_statement(fields))
+    columns = tuple(sorted(values))
+    statement = compiled(connection, ("update_user", columns), lambda: _update_statement(columns))
     try:
         await connection.run(
             statement,
@@ -145,30 +159,41 @@ async def update_user(
     except UniqueViolation:
         raise EmailTaken() from None
     updated = {**changed, "updated_at": now, "version": values["version"]}
-    return {**user, **{field: json_value(field, value) for field, value in updated.items()}}
+    user = {**user, **{field: json_value(field, value) for field, value in updated.items()}}
+    change = changes.updated_row(source, user_id, now, tuple(changed), user)
+    await changes.append(connection=connection, rows=[change])
+    return user
 
 
 async def delete_user(
-    *, connection: Connection, user_id: uuid.UUID, expected: VersionCondition | None
+    *,
+    connection: Connection,
+    user_id: uuid.UUID,
+    expected: VersionCondition | None,
+    source: ChangeSource,
 ) -> None:
-    if expected is not None and not expected.matches_any:
-        statement = compiled(
-            connection,
-            "user_version_for_update",
-            lambda: (
-                select(users.c.version).where(users.c.id == bindparam("user_id")).with_for_update()
-            ),
-        )
-        row = await connection.one(statement, {"user_id": user_id})
-        if row is None:
-            raise UserNotFound()
-        if not expected.matches(row[0]):
-            raise VersionMismatch()
+    """Delete the user, and erase their name and email from their earlier
+    changes and from stored Idempotency-Key answers."""
+    statement = compiled(
+        connection,
+        "user_version_for_update",
+        lambda: select(users.c.version).where(users.c.id == bindparam("user_id")).with_for_update(),
+    )
+    row = await connection.one(statement, {"user_id": user_id})
+    if row is None:
+        raise UserNotFound()
+    if expected is not None and not expected.matches(row[0]):
+        raise VersionMismatch()
     statement = compiled(
         connection, "delete_user", lambda: delete(users).where(users.c.id == bindparam("user_id"))
     )
     if not await connection.run(statement, {"user_id": user_id}):
         raise UserNotFound()
+    await idempotency.erase_answers_with(connection=connection, user_id=user_id)
+    # Last: it takes the order lock, held until the commit.
+    await changes.erase_user(connection=connection, user_id=user_id)
+    change = changes.deleted_row(source, user_id, row[0], utcnow())
+    await changes.append(connection=connection, rows=[change])
 
 
 # --------------------------------------------------------------------------
@@ -193,7 +218,9 @@ async def _savepoint(connection: Connection, name: str) -> AsyncIterator[None]:
     await connection.run(release)
 
 
-async def create_users(*, connection: Connection, data: Sequence[UserFields]) -> list[UserRecord]:
+async def create_users(
+    *, connection: Connection, data: Sequence[UserFields], source: ChangeSource
+) -> list[UserRecord]:
     """Create every user or none, in the order given.
 
     The same email twice in `data` is refused before the database is asked
@@ -226,7 +253,10 @@ async def create_users(*, connection: Connection, data: Sequence[UserFields]) ->
         raise EmailTaken(
             loc=("body", "users") if collided is None else ("body", "users", collided, "email")
         ) from None
-    return [to_record(row) for row in rows]
+    records = [to_record(row) for row in rows]
+    log = [changes.created_row(source, row, user) for row, user in zip(rows, records, strict=True)]
+    await changes.append(connection=connection, rows=log)
+    return records
 
 
 async def _first_taken(*, connection: Connection, emails: Sequence[str]) -> int | None:

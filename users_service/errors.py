@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     RATE_LIMITED = "rate_limited"
     IDEMPOTENCY_QUOTA_EXCEEDED = "idempotency_quota_exceeded"
+    CURSOR_EXPIRED = "cursor_expired"
 
 
 FieldErrors = Sequence[Mapping[str, Any]]
@@ -169,4 +170,12 @@ class IdempotencyQuotaExceeded(ServiceError):
         "This caller keeps as many Idempotency-Keys, or as many bytes of their answers, as it "
         "may; a new key is refused until older ones expire (24 hours after their first "
         "request). Retries of stored keys, and requests without a key, are still served"
+    )
+
+
+class CursorExpired(ServiceError):
+    code = ErrorCode.CURSOR_EXPIRED
+    message = (
+        "Changes after this cursor are past retention (CHANGES_RETENTION_DAYS) and were "
+        "deleted; start again without a cursor"
     )

@@ -34,13 +34,14 @@ import asyncio
 import hashlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
 import orjson
-from sqlalchemy import Engine, bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import Engine, LargeBinary, bindparam, delete, func, insert, select, tuple_, update
 
 from users_service.db.database import Connection, Database
 from users_service.db.engine import WRITE_OPTION
@@ -477,6 +478,23 @@ async def delete_expired(*, database: Database, batch: int = SWEEP_BATCH) -> int
         if count < batch:
             return deleted
         await asyncio.sleep(SWEEP_PAUSE_SECONDS)
+
+
+async def erase_answers_with(*, connection: Connection, user_id: uuid.UUID) -> None:
+    """Delete the stored answers that show the user (a deleted user's name and
+    email must not outlive them), in the delete's transaction. Reads every
+    stored answer: keys live 24 hours at most."""
+    dialect = connection.dialect.name
+    statement = compiled(connection, "erase_answers", lambda: _answers_with(dialect))
+    pattern = str(user_id) if dialect == "sqlite" else f"%{user_id}%"
+    await connection.run(statement, {"pattern": pattern.encode()})
+
+
+def _answers_with(dialect: str) -> Any:
+    pattern = bindparam("pattern", type_=LargeBinary)
+    if dialect == "sqlite":  # SQLite's LIKE does not look into blobs; instr does
+        return delete(keys).where(func.instr(keys.c.body, pattern) > 0)
+    return delete(keys).where(keys.c.body.op("LIKE")(pattern))
 
 
 async def sweep_once(database: Database, usage: KeyUsage) -> int:

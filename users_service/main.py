@@ -7,6 +7,7 @@ import gc
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -22,6 +23,7 @@ from users_service.api.middleware import (
 from users_service.api.problems import install_error_handlers
 from users_service.api.ratelimit import CallerLimits, RateLimitMiddleware
 from users_service.api.routing import head_routes
+from users_service.changes import prune_old_changes
 from users_service.db.database import Database, create_database
 from users_service.db.engine import configure_threadpool, create_db_engine
 from users_service.db.schema import migration_revisions
@@ -72,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.rate_limit_table
         else None
     )
+    retention = timedelta(days=settings.changes_retention_days)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -87,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     database, idempotency_usage, settings.idempotency_sweep_seconds
                 )
             ),
+            asyncio.create_task(prune_old_changes(database, retention)),
             asyncio.create_task(flush_and_sample(database, access_log)),
         ]
         yield

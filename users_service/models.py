@@ -29,8 +29,10 @@ from typing import Annotated, Any, Literal
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, ConfigDict, Strict, field_validator
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     SmallInteger,
@@ -219,6 +221,59 @@ class IdempotencyKey(SQLModel, table=True):
 
 idempotency_keys: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
 
+
+# SQLite makes only an INTEGER PRIMARY KEY the rowid (and AUTOINCREMENT).
+ChangeSeq = BigInteger().with_variant(Integer, "sqlite")
+# The user's JSON after a change: at most a few KiB, but MariaDB's TEXT is 64 KiB.
+ChangePayload = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+class UserChange(SQLModel, table=True):
+    """One change to one user, written in the transaction that made it (changes.py).
+
+    `seq` grows in commit order (changes.py says how, per database);
+    `user` is the user's JSON after the change, NULL for a delete and, once
+    the user is deleted, for every earlier change of theirs (erasure).
+    """
+
+    __tablename__ = "user_changes"
+    __table_args__: Any = (
+        Index("ix_user_changes_user_id_seq", "user_id", "seq"),
+        # Never reuse a seq, even once retention deleted the newest change.
+        {**MYSQL_TABLE_OPTIONS, "sqlite_autoincrement": True},
+    )
+
+    seq: int | None = Field(
+        default=None, primary_key=True, sa_type=ChangeSeq, sa_column_kwargs={"autoincrement": True}
+    )
+    action: str = Field(sa_type=String(10))
+    user_id: uuid.UUID = Field(sa_type=UserIdType)
+    version: int
+    at: datetime = Field(sa_type=Timestamp)
+    caller: str = Field(sa_type=String(100))
+    request_id: str = Field(sa_type=String(128))
+    changed: str = Field(sa_type=String(1000))  # JSON array of field names
+    user: str | None = Field(default=None, sa_type=ChangePayload)
+
+
+user_changes: Table = UserChange.__table__  # type: ignore[attr-defined]
+
+
+class ChangePosition(SQLModel, table=True):
+    """Named positions in the change log: `pruned` (every change up to it was
+    deleted by retention; on MariaDB its row is also the lock that orders
+    appends) and each relay's last acknowledged change."""
+
+    __tablename__ = "change_positions"
+    __table_args__: Any = (MYSQL_TABLE_OPTIONS,)
+
+    name: str = Field(primary_key=True, sa_type=String(100))
+    seq: int = Field(sa_type=BigInteger)
+
+
+change_positions: Table = ChangePosition.__table__  # type: ignore[attr-defined]
+PRUNED_POSITION = "pruned"
+
 # --- derived from the fields -------------------------------------------------------------
 
 # The editable fields, in declaration order; those a create must give.
@@ -296,6 +351,73 @@ class UserPage(SQLModel):
     items: list[UserPublic]
     next_cursor: str | None
     total: int | None = Field(default=None, description="Present only with include_total=true.")
+
+
+ChangeAction = Literal["created", "updated", "deleted"]
+
+
+class UserChangePublic(SQLModel):
+    """One change, as the feed and the history show it."""
+
+    seq: int = Field(description="Grows with every change, in commit order.")
+    action: ChangeAction
+    user_id: uuid.UUID
+    version: int = Field(description="The user's version after the change.")
+    at: datetime
+    caller: str = Field(description="Who made the change (the API key's caller name).")
+    request_id: str = Field(description="The X-Request-ID of the request that made it.")
+    changed: list[str] = Field(description="The names of the fields that changed.")
+    user: UserPublic | None = Field(
+        description="The user after the change; null for a delete, and in every change "
+        "of a user since deleted."
+    )
+
+
+class ChangePage(SQLModel):
+    items: list[UserChangePublic]
+    next_cursor: str = Field(
+        description="Always present: where the next request resumes, even after an empty page."
+    )
+
+
+class HistoryPage(SQLModel):
+    items: list[UserChangePublic]
+    next_cursor: str | None
+
+
+CHANGES_LIMIT_MAX = 1000
+CHANGES_WAIT_MAX = 30.0
+
+
+class ChangeQuery(SQLModel):
+    """Query parameters of GET /users/changes."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    cursor: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The next_cursor of the previous answer; without it the feed starts at "
+        "the oldest change kept.",
+    )
+    limit: int = Field(default=100, ge=1, le=CHANGES_LIMIT_MAX, description="Page size.")
+    wait: float = Field(
+        default=0,
+        ge=0,
+        le=CHANGES_WAIT_MAX,
+        description="Seconds to wait for a change when there is none yet (long poll).",
+    )
+
+
+class HistoryQuery(SQLModel):
+    """Query parameters of GET /users/{id}/history."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    limit: int = Field(default=50, ge=1, le=500, description="Page size.")
+    cursor: str | None = Field(
+        default=None, max_length=1024, description="The next_cursor of the previous page."
+    )
 
 
 # What an ISO 8601 date-time starts with (YYYY-MM-DD).

@@ -138,23 +138,48 @@ class CursorCodec:
         payload = orjson.dumps([value, str(last_id)])
         return f"{_b64(payload)}.{_b64(self._sign(payload, f'{order}|{context}'))}"
 
-    def decode(self, cursor: str, order: SortOrder, context: str) -> tuple[Any, uuid.UUID]:
+    def _verified(self, cursor: str, context: str, refusal: str) -> bytes:
+        """The payload of a cursor signed for `context` (else InvalidCursor)."""
         try:
             payload_text, signature_text = cursor.split(".")
             payload, signature = _unb64(payload_text), _unb64(signature_text)
         except ValueError:
             raise InvalidCursor("cursor is malformed") from None
-        signed_for = f"{order}|{context}"
         if not any(
-            hmac.compare_digest(signature, self._sign(payload, signed_for, key))
-            for key in self._keys
+            hmac.compare_digest(signature, self._sign(payload, context, key)) for key in self._keys
         ):
-            raise InvalidCursor("cursor is not valid for this sort and these filters")
+            raise InvalidCursor(refusal)
+        return payload
+
+    def decode(self, cursor: str, order: SortOrder, context: str) -> tuple[Any, uuid.UUID]:
+        payload = self._verified(
+            cursor, f"{order}|{context}", "cursor is not valid for this sort and these filters"
+        )
         try:
             return _sort_key(orjson.loads(payload), order)
         except (ValueError, TypeError, OverflowError):
             # Signed but not a key: made with a secret someone else knows.
             raise InvalidCursor("cursor is malformed") from None
+
+    def encode_position(self, context: str, position: int) -> str:
+        """A cursor that holds a position in a log (the change feed, a history)."""
+        payload = orjson.dumps([position])
+        return f"{_b64(payload)}.{_b64(self._sign(payload, f'position|{context}'))}"
+
+    def decode_position(self, cursor: str, context: str) -> int:
+        payload = self._verified(cursor, f"position|{context}", "cursor is not valid here")
+        try:
+            value = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise InvalidCursor("cursor is malformed") from None
+        if not (
+            isinstance(value, list)
+            and len(value) == 1
+            and type(value[0]) is int
+            and 0 <= value[0] < 2**63
+        ):
+            raise InvalidCursor("cursor is malformed")
+        return int(value[0])
 
 
 def _sort_key(payload: Any, order: SortOrder) -> tuple[Any, uuid.UUID]:

@@ -4,6 +4,10 @@ Every name and the email pattern go through the same validation as a
 created user's (once each, not once per row, which would cost more than the
 inserts). Emails carry a random run tag, so seeding twice adds users instead
 of colliding. Fields other than name, email and age get their defaults.
+
+Seeded users get no change in the change log (GET /users/changes, the relay):
+they are synthetic load for benchmarks, and a million changes would only
+bury the real ones. `seed` says so when it finishes.
 """
 
 from __future__ import annotations

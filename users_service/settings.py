@@ -292,6 +292,22 @@ class Settings(BaseSettings):
     headers_timeout_seconds: Annotated[int, Field(ge=1, le=300)] = 10
     keep_alive_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 5
 
+    # How long the change log keeps a change (GET /users/changes, the relay);
+    # a cursor before what is kept is 410 cursor_expired.
+    changes_retention_days: Annotated[float, Field(gt=0, le=3650)] = 7.0
+    # The longest a long poll of GET /users/changes waits, whatever its
+    # `wait` asks (e.g. below a proxy's idle timeout).
+    changes_max_wait_seconds: Annotated[float, Field(ge=0, le=30)] = 30.0
+
+    # `users-service relay`: the NATS server, the JetStream stream (made if
+    # missing, with this duplicate window) and the subjects' prefix.
+    relay_nats_url: str = "nats://127.0.0.1:4222"
+    relay_stream: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,80}$")] = "USERS_CHANGES"
+    relay_subject_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = (
+        "users.changes"
+    )
+    relay_duplicate_window_seconds: Annotated[float, Field(ge=1, le=86_400)] = 600.0
+
     # On SIGTERM: how long requests in flight may run on before the process
     # exits without them (see users_service.__main__).
     shutdown_grace_seconds: Annotated[int, Field(ge=1, le=3600)] = 30

@@ -66,6 +66,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import DropTable
 from tqdm import tqdm
 
+from users_service import changes
+from users_service.changes import IMPORT_SOURCE, ChangeSource
 from users_service.db.bulk import BulkLoad, bulk_load, copy_rows, user_count
 from users_service.db.engine import WRITE_OPTION
 from users_service.db.rendering import to_record
@@ -663,8 +665,11 @@ class BatchResult:
     rejects: list[Reject]
 
 
-def write_batch(*, connection: Connection, batch: list[Candidate]) -> BatchResult:
-    """Insert a batch (in the caller's transaction); the ledger must exist."""
+def write_batch(
+    *, connection: Connection, batch: list[Candidate], source: ChangeSource = IMPORT_SOURCE
+) -> BatchResult:
+    """Insert a batch (in the caller's transaction), with a `created` change
+    for each user inserted; the ledger must exist."""
     rejects: list[Reject] = []
     kept = _drop_repeated_rows(connection=connection, batch=batch, rejects=rejects)
     if not kept:
@@ -677,7 +682,9 @@ def write_batch(*, connection: Connection, batch: list[Candidate]) -> BatchResul
         connection.exec_driver_sql(str(_SQLITE_LEDGER_INSERT), [c.params for c in kept])
     else:
         connection.execute(insert(ledger), [c.values for c in kept])
-    inserted = insert_new_users(connection=connection, lines=(kept[0].line, kept[-1].line))
+    inserted = insert_new_users(
+        connection=connection, lines=(kept[0].line, kept[-1].line), source=source
+    )
     collided = [c for c in kept if c.values["email"] not in inserted]
     present = _sort_out_collisions(connection=connection, collided=collided, rejects=rejects)
     return BatchResult(len(kept) - len(collided), present, rejects)
@@ -725,9 +732,11 @@ def _drop_repeated_rows(
     return kept
 
 
-def insert_new_users(*, connection: Connection, lines: tuple[int, int]) -> set[str]:
+def insert_new_users(
+    *, connection: Connection, lines: tuple[int, int], source: ChangeSource
+) -> set[str]:
     """Insert the ledger's rows of `lines` (first, last) whose email and id
-    are free, in line order; returns the emails inserted.
+    are free, in line order, and their changes; returns the emails inserted.
 
     The unique indexes decide: PostgreSQL and SQLite skip a colliding row
     (ON CONFLICT DO NOTHING), MariaDB/MySQL too (INSERT IGNORE; the rows
@@ -745,7 +754,17 @@ def insert_new_users(*, connection: Connection, lines: tuple[int, int]) -> set[s
         statement = sqlite.insert(users).from_select(COLUMNS, rows).on_conflict_do_nothing()
     else:
         statement = insert(users).prefix_with("IGNORE").from_select(COLUMNS, rows)
-    return set(connection.execute(statement.returning(users.c.email)).scalars())
+    inserted = [
+        dict(zip(COLUMNS, row, strict=True))
+        for row in connection.execute(statement.returning(*(users.c[name] for name in COLUMNS)))
+    ]
+    inserted.sort(key=lambda values: values["created_at"])
+    now = datetime.now(UTC)  # the change is the import, whatever created_at the file gave
+    changes.append_sync(
+        connection,
+        [changes.created_row(source, values, to_record(values), at=now) for values in inserted],
+    )
+    return {values["email"] for values in inserted}
 
 
 def _sort_out_collisions(
@@ -813,9 +832,11 @@ def import_rows(
     rows: Iterable[Candidate | Reject],
     rejects: RejectWriter,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    source: ChangeSource = IMPORT_SOURCE,
 ) -> ImportSummary:
     """Write `rows` in batches of `batch_size`, each in `load.batch()`: its
-    own transaction, or (SQLite) a part of the load's one transaction."""
+    own transaction, or (SQLite) a part of the load's one transaction (the
+    users and their changes, caller `import`, the run's id as request id)."""
     connection = load.connection
     if not 1 <= batch_size <= BATCH_SIZE_MAX:
         raise ValueError(f"batch size must be from 1 to {BATCH_SIZE_MAX}")
@@ -826,7 +847,7 @@ def import_rows(
     def flush() -> None:
         if batch:
             with load.batch():
-                result = write_batch(connection=connection, batch=batch)
+                result = write_batch(connection=connection, batch=batch, source=source)
             summary.imported += result.imported
             summary.already_present += result.already_present
             refused.extend(result.rejects)
@@ -928,6 +949,7 @@ def import_file(
                     rows=source.rows(workers=workers),
                     rejects=rejects,
                     batch_size=batch_size,
+                    source=ChangeSource(IMPORT_SOURCE.caller, f"import-{uuid.uuid4().hex}"),
                 )
         rejects_file.keep = summary.rejected > 0
     summary.elapsed = time.perf_counter() - started

@@ -25,7 +25,16 @@ DOCUMENT = HERE.parent.parent / "openapi.json"
 OUTPUT = HERE / "users_service_client" / "models.py"
 
 # Response schemas, as pydantic models, in dependency order.
-MODELS = ("ErrorDetail", "ProblemDetails", "UserPublic", "UserPage", "UserBatchPublic")
+MODELS = (
+    "ErrorDetail",
+    "ProblemDetails",
+    "UserPublic",
+    "UserPage",
+    "UserBatchPublic",
+    "UserChangePublic",
+    "ChangePage",
+    "HistoryPage",
+)
 # Request bodies, as TypedDicts: (schema, name in the client, every key required?).
 BODIES = (("UserCreate", "NewUser"), ("UserUpdate", "UserChanges"))
 # Query parameters of GET /users that the client takes as its own arguments.

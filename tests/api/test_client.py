@@ -35,6 +35,7 @@ from users_service_client import NewUser, UserPublic
 from users_service_client.client import (
     AsyncUsersClient,
     Conflict,
+    CursorExpired,
     EmailTaken,
     Forbidden,
     IdempotencyKeyInUse,
@@ -834,3 +835,37 @@ def test_without_opentelemetry_installed_the_given_traceparent_is_sent(
         _opentelemetry.cache_clear()
 
     assert seen[0].headers["traceparent"] == TRACEPARENT
+
+
+def test_iter_changes_resumes_from_a_saved_cursor_and_follow_waits_for_new_ones(
+    users: UsersClient, client: TestClient
+) -> None:
+    ada = users.create_user(name="Ada", email="ada@example.com", age=36)
+    users.update_user(ada, age=37)
+    pages = list(users.iter_changes(limit=1))
+    assert [(c.action, c.version) for page in pages for c in page.items] == [
+        ("created", 1),
+        ("updated", 2),
+    ]
+    saved = pages[-1].next_cursor
+
+    grace = users.create_user(name="Grace", email="grace@example.com", age=85)
+    resumed = next(users.follow(saved, wait=5))
+    assert [(c.action, c.user_id) for c in resumed.items] == [("created", grace.id)]
+    assert resumed.items[0].user == grace
+    assert list(users.iter_changes(resumed.next_cursor)) == []
+
+    history = users.user_history(ada, limit=1)
+    assert [c.version for c in history.items] == [2]
+    older = users.user_history(ada, cursor=history.next_cursor)
+    assert [c.version for c in older.items] == [1] and older.next_cursor is None
+
+
+def test_a_feed_cursor_past_retention_raises_cursor_expired() -> None:
+    error = error_from_response(
+        httpx.Response(
+            410,
+            json={"code": "cursor_expired", "title": "Gone", "status": 410, "detail": "gone"},
+        )
+    )
+    assert isinstance(error, CursorExpired) and error.status == 410

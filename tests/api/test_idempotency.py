@@ -459,7 +459,9 @@ def test_stored_answer_is_replayed_for_24_hours_only(
     key = new_key()
     first = post_json(client, "/users", FIRST_BODY, key)
     assert first.status_code == 201, first.text
-    assert client.delete(first.headers["location"]).status_code == 204
+    if not replayed:  # so that running anew can create the email again
+        # (a delete also erases the stored answer: tests/api/test_changes.py)
+        assert client.delete(first.headers["location"]).status_code == 204
     with app.state.database.engine.begin() as connection:
         connection.execute(
             update(keys_table)
@@ -471,7 +473,7 @@ def test_stored_answer_is_replayed_for_24_hours_only(
 
     if replayed:
         assert_replay_of(retry, first)
-        assert user_count(client) == 0
+        assert user_count(client) == 1  # nothing created again
     else:
         assert retry.status_code == 201, retry.text
         assert_not_replayed(retry)

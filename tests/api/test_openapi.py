@@ -52,6 +52,8 @@ def test_operation_ids_read_as_verb_and_noun_in_generated_clients() -> None:
         "replace_user": "PUT /users/{user_id}",
         "update_user": "PATCH /users/{user_id}",
         "delete_user": "DELETE /users/{user_id}",
+        "list_changes": "GET /users/changes",
+        "get_user_history": "GET /users/{user_id}/history",
         "check_health": "GET /healthz",
         "check_readiness": "GET /readyz",
         "get_metrics": "GET /metrics",

@@ -83,7 +83,13 @@ schema.app = APP_UNDER_TEST
 def keyed_app(database_url: str) -> Iterator[FastAPI]:
     """The service on this database, with one read-write API key."""
     app = create_app(
-        load_settings(database_url=database_url, environment="test", api_keys=f"fuzzer:{FUZZ_KEY}")
+        load_settings(
+            database_url=database_url,
+            environment="test",
+            api_keys=f"fuzzer:{FUZZ_KEY}",
+            # GET /users/changes?wait=30 on an empty feed: not 30 s per example.
+            changes_max_wait_seconds=0.05,
+        )
     )
     APP_UNDER_TEST.app = app
     yield app

@@ -56,6 +56,13 @@ def test_the_client_docs_examples_run_against_a_real_server(
         "Grace Hopper 85",
         "Alan Turing 41",
         "2 3 True",
+        # The feed: Ada's changes lost her email when she was deleted.
+        "created None",
+        "updated None",
+        "updated None",
+        "created grace@example.com",
+        "created alan@example.com",
+        "deleted None",
         "grace@example.com",
         "1",
     ]

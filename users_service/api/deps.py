@@ -17,22 +17,26 @@ from starlette.convertors import StringConvertor, register_url_convertor
 
 from users_service import idempotency
 from users_service.api.idempotent import Idempotency, idempotency_of
+from users_service.changes import ChangeSource
 from users_service.db.database import Database
-from users_service.models import UserListQuery
+from users_service.models import ChangeQuery, HistoryQuery, UserListQuery
 from users_service.pagination import CursorCodec
+from users_service.request_context import current_request_id
+from users_service.settings import Settings
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
 class UserIdSegment(StringConvertor):
-    """The `{user_id}` of /users/{user_id}: any segment but `batch`.
+    """The `{user_id}` of /users/{user_id}: any segment but `batch` and `changes`.
 
-    /users/batch is a resource of its own, so `PUT /users/batch` is 405 (it
-    takes only POST) rather than 422 about a malformed id. Any other segment
-    reaches the route, whose validation answers 422 when it is not a UUID.
+    /users/batch and /users/changes are resources of their own, so `PUT
+    /users/batch` is 405 (it takes only POST) rather than 422 about a
+    malformed id. Any other segment reaches the route, whose validation
+    answers 422 when it is not a UUID.
     """
 
-    regex = "(?!batch$)[^/]+"
+    regex = "(?!(?:batch|changes)$)[^/]+"
 
 
 register_url_convertor("user_id", UserIdSegment())
@@ -80,11 +84,18 @@ IdempotencyKey = Annotated[
     ),
 ]
 ListQuery = Annotated[UserListQuery, Query()]
+ChangesQuery = Annotated[ChangeQuery, Query()]
+HistoryListQuery = Annotated[HistoryQuery, Query()]
 
 
 def get_database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def get_cursor_codec(request: Request) -> CursorCodec:
@@ -98,6 +109,13 @@ def get_idempotency(request: Request, key: IdempotencyKey = None) -> Idempotency
     return idempotency_of(request)
 
 
+def get_change_source(request: Request) -> ChangeSource:
+    """Who makes a write, as the change log records it."""
+    return ChangeSource(request.state.caller, current_request_id())
+
+
 DatabaseDep = Annotated[Database, Depends(get_database)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ChangeSourceDep = Annotated[ChangeSource, Depends(get_change_source)]
 CursorCodecDep = Annotated[CursorCodec, Depends(get_cursor_codec)]
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

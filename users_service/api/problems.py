@@ -74,6 +74,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.IDEMPOTENCY_QUOTA_EXCEEDED: 429,
+    ErrorCode.CURSOR_EXPIRED: 410,
 }
 HEADERS: dict[ErrorCode, dict[str, str]] = {
     ErrorCode.UNAUTHORIZED: {"WWW-Authenticate": "Bearer"},

@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response, status
 
-from users_service import crud, metrics
+from users_service import changes, crud, metrics
 from users_service.api.deps import (
     USER_PATH,
+    ChangeSourceDep,
+    ChangesQuery,
     CursorCodecDep,
     DatabaseDep,
+    HistoryListQuery,
     IdempotencyDep,
     IfMatch,
     IfNoneMatch,
     ListQuery,
+    SettingsDep,
     UserId,
 )
 from users_service.api.jsonio import JSONResponse, json_bytes_response
 from users_service.api.problems import problem_responses
 from users_service.api.routing import TypedRoute
 from users_service.db.rendering import UserRecord
-from users_service.errors import ValidationFailed
+from users_service.errors import CursorExpired, ValidationFailed
 from users_service.models import (
+    ChangePage,
+    HistoryPage,
     UserBatchCreate,
     UserBatchPublic,
     UserCreate,
@@ -32,7 +40,7 @@ from users_service.models import (
     UserReplace,
     UserUpdate,
 )
-from users_service.pagination import InvalidCursor, SortOrder
+from users_service.pagination import CursorCodec, InvalidCursor, SortOrder
 from users_service.preconditions import etag, if_match_condition, if_none_match_condition
 
 router = APIRouter(prefix="/users", tags=["users"], route_class=TypedRoute)
@@ -171,10 +179,10 @@ async def list_users(
     },
 )
 async def create_user(
-    body: UserCreate, database: DatabaseDep, idempotency: IdempotencyDep
+    body: UserCreate, database: DatabaseDep, idempotency: IdempotencyDep, source: ChangeSourceDep
 ) -> Response:
     async with database.transaction() as connection:
-        user = await crud.create_user(connection=connection, data=body)
+        user = await crud.create_user(connection=connection, data=body, source=source)
         response = user_response(user, status.HTTP_201_CREATED, Location=f"/users/{user['id']}")
         await idempotency.save(response, connection=connection)
     metrics.USERS_CREATED.inc()
@@ -192,15 +200,20 @@ async def create_user(
     },
 )
 async def update_user(
-    user_id: UserId, body: UserUpdate, database: DatabaseDep, if_match: IfMatch = None
+    user_id: UserId,
+    body: UserUpdate,
+    database: DatabaseDep,
+    source: ChangeSourceDep,
+    if_match: IfMatch = None,
 ) -> Response:
     """Only the fields sent change (a JSON merge patch)."""
     async with database.transaction() as connection:
         user = await crud.update_user(
             connection=connection,
             user_id=user_id,
-            changes=body.model_dump(include=body.model_fields_set),
+            fields=body.model_dump(include=body.model_fields_set),
             expected=if_match_condition(if_match),
+            source=source,
         )
     metrics.USERS_UPDATED.inc()
     return user_response(user)
@@ -217,14 +230,19 @@ async def update_user(
     },
 )
 async def replace_user(
-    user_id: UserId, body: UserReplace, database: DatabaseDep, if_match: IfMatch = None
+    user_id: UserId,
+    body: UserReplace,
+    database: DatabaseDep,
+    source: ChangeSourceDep,
+    if_match: IfMatch = None,
 ) -> Response:
     async with database.transaction() as connection:
         user = await crud.update_user(
             connection=connection,
             user_id=user_id,
-            changes=body.model_dump(),
+            fields=body.model_dump(),
             expected=if_match_condition(if_match),
+            source=source,
         )
     metrics.USERS_UPDATED.inc()
     return user_response(user)
@@ -237,10 +255,17 @@ async def replace_user(
     summary="Delete a user",
     responses=problem_responses(401, 403, 404, 412, 422, 429, 503),
 )
-async def delete_user(user_id: UserId, database: DatabaseDep, if_match: IfMatch = None) -> Response:
+async def delete_user(
+    user_id: UserId, database: DatabaseDep, source: ChangeSourceDep, if_match: IfMatch = None
+) -> Response:
+    """Also erases the user's name and email from their earlier changes and
+    from stored Idempotency-Key answers."""
     async with database.transaction() as connection:
         await crud.delete_user(
-            connection=connection, user_id=user_id, expected=if_match_condition(if_match)
+            connection=connection,
+            user_id=user_id,
+            expected=if_match_condition(if_match),
+            source=source,
         )
     metrics.USERS_DELETED.inc()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -259,12 +284,99 @@ async def delete_user(user_id: UserId, database: DatabaseDep, if_match: IfMatch 
     },
 )
 async def create_users(
-    body: UserBatchCreate, database: DatabaseDep, idempotency: IdempotencyDep
+    body: UserBatchCreate,
+    database: DatabaseDep,
+    idempotency: IdempotencyDep,
+    source: ChangeSourceDep,
 ) -> Response:
     """Create 1-1000 users, all or nothing; they come back in the order sent."""
     async with database.transaction() as connection:
-        created = await crud.create_users(connection=connection, data=body.users)
+        created = await crud.create_users(connection=connection, data=body.users, source=source)
         response = JSONResponse({"items": created}, status_code=status.HTTP_201_CREATED)
         await idempotency.save(response, connection=connection)
     metrics.USERS_CREATED.inc(len(created))
     return response
+
+
+FEED_CONTEXT = "changes"
+
+
+def _position(cursors: CursorCodec, cursor: str | None, context: str) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        return cursors.decode_position(cursor, context)
+    except InvalidCursor as error:
+        raise ValidationFailed(
+            [{"loc": ["query", "cursor"], "msg": str(error), "type": "cursor_invalid"}]
+        ) from None
+
+
+@router.get(
+    "/changes",
+    response_model=ChangePage,
+    operation_id="list_changes",
+    summary="Follow the changes to users",
+    responses=problem_responses(401, 410, 422, 503),
+)
+async def list_changes(
+    query: ChangesQuery, database: DatabaseDep, cursors: CursorCodecDep, settings: SettingsDep
+) -> Response:
+    """Every change to every user, in commit order: follow `next_cursor` (always
+    present) to see each change exactly once. With `wait`, an empty page is
+    answered when a change commits or the time is up. A cursor whose changes
+    are past retention is 410 `cursor_expired`."""
+    after = _position(cursors, query.cursor, FEED_CONTEXT)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(query.wait, settings.changes_max_wait_seconds)
+    signal = database.commits
+    while True:
+        committed = signal.current()  # before reading: a commit meanwhile sets it
+        page = await changes.read_feed(database=database, after=after, limit=query.limit)
+        if page.expired:
+            raise CursorExpired()
+        remaining = deadline - loop.time()
+        if page.items or remaining <= 0:
+            break
+        after = page.position
+        # No connection is held while waiting.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(committed.wait(), min(remaining, changes.RECHECK_SECONDS))
+    body = {
+        "items": page.items,
+        "next_cursor": cursors.encode_position(FEED_CONTEXT, page.position),
+    }
+    return json_bytes_response(orjson.dumps(body))
+
+
+@router.get(
+    USER_PATH + "/history",
+    response_model=HistoryPage,
+    operation_id="get_user_history",
+    summary="A user's changes, newest first",
+    responses={200: {"headers": LINK_HEADER}, **problem_responses(401, 404, 422, 503)},
+)
+async def user_history(
+    user_id: UserId,
+    query: HistoryListQuery,
+    database: DatabaseDep,
+    cursors: CursorCodecDep,
+    request: Request,
+) -> Response:
+    """Who changed the user, when and what, newest first; a deleted user's
+    history stays (without their name and email)."""
+    context = f"history|{user_id}"
+    before = _position(cursors, query.cursor, context)
+    async with database.read() as connection:
+        page = await changes.read_history(
+            connection=connection, user_id=user_id, before=before, limit=query.limit
+        )
+        if not page.items and before is None:
+            await crud.get_user(connection=connection, user_id=user_id)  # 404 if unknown
+    next_cursor = None
+    headers = {}
+    if page.more:
+        next_cursor = cursors.encode_position(context, page.items[-1]["seq"])
+        headers["Link"] = f'<{next_page_path(request, next_cursor)}>; rel="next"'
+    body = {"items": page.items, "next_cursor": next_cursor}
+    return json_bytes_response(orjson.dumps(body), headers=headers)

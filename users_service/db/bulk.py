@@ -82,7 +82,8 @@ def copy_rows(
 ) -> None:
     """PostgreSQL: the rows' `columns` into `table` by COPY."""
     cursor = connection.connection.cursor()
-    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+    names = ", ".join(f'"{column}"' for column in columns)  # "user" is a keyword
+    with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(tuple(row[column] for column in columns))
 

@@ -35,6 +35,7 @@ from sqlalchemy.engine import Dialect
 
 from users_service.db.errors import DatabaseUnavailable, MissingTable
 from users_service.db.schema import SchemaState, compare_revisions
+from users_service.db.signal import CommitSignal
 from users_service.db.statements import Row, Statement, compiled
 from users_service.metrics import POOL_TIMEOUTS, POOL_WAIT
 from users_service.settings import Settings
@@ -72,6 +73,8 @@ class Database:
         self._acquire_timeout = settings.db_pool_timeout_seconds
         self._heavy_reads = settings.db_heavy_reads
         self._heavy_turns: asyncio.Semaphore | None = None
+        # Set after each write transaction this process commits (long polls wait on it).
+        self.commits = CommitSignal()
 
     def read(self, *, heavy: bool = False) -> AbstractAsyncContextManager[Connection]:
         """Reads; `heavy` for those that may scan many rows."""
@@ -245,6 +248,7 @@ class PooledDatabase(Database):
     async def transaction(self) -> AsyncIterator[Connection]:
         async with self._turns(self._slots), self._connection(write=True) as connection:
             yield connection
+        self.commits.notify()
 
 
 # The module and class of each database's driver (imported when used: the

@@ -160,6 +160,7 @@ class SQLiteDatabase(Database):
                 raise
             writer.raw.execute("RELEASE request")
         await asyncio.shield(batch)
+        self.commits.notify()
 
     async def _begin(self, raw: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting (off the loop's clock) for another process's lock."""

@@ -65,7 +65,9 @@ import httpx
 from pydantic import TypeAdapter
 
 from users_service_client.models import (
+    ChangePage,
     ErrorCode,
+    HistoryPage,
     NewUser,
     UserChanges,
     UserFilters,
@@ -208,6 +210,11 @@ class ServiceUnavailable(UsersServiceError):
     """503 `service_unavailable`: the database is unreachable or busy; retry later."""
 
 
+class CursorExpired(UsersServiceError):
+    """410 `cursor_expired`: changes after this feed cursor are past the service's
+    retention; start again without a cursor (and resynchronise from the list)."""
+
+
 ERRORS_BY_CODE: dict[str, type[UsersServiceError]] = {
     ErrorCode.UNAUTHORIZED: Unauthorized,
     ErrorCode.FORBIDDEN: Forbidden,
@@ -227,6 +234,7 @@ ERRORS_BY_CODE: dict[str, type[UsersServiceError]] = {
     ErrorCode.SERVICE_UNAVAILABLE: ServiceUnavailable,
     ErrorCode.RATE_LIMITED: RateLimited,
     ErrorCode.IDEMPOTENCY_QUOTA_EXCEEDED: IdempotencyQuotaExceeded,
+    ErrorCode.CURSOR_EXPIRED: CursorExpired,
 }
 """The exception for each code the service documents (a test checks that
 every code in openapi.json has one)."""
@@ -236,6 +244,7 @@ ERRORS_BY_STATUS: dict[int, type[UsersServiceError]] = {
     404: NotFound,
     405: MethodNotAllowed,
     408: RequestTimeout,
+    410: CursorExpired,
     409: Conflict,
     412: VersionMismatch,
     413: PayloadTooLarge,
@@ -346,6 +355,8 @@ class Call(Generic[T]):
     # A 503 is the service asking to be retried (not so for /readyz, whose
     # 503 is the answer).
     retry_unavailable: bool = True
+    # Seconds the server may take on purpose (a long poll), added to the timeout.
+    server_wait: float = 0.0
 
 
 def _read_model(model: type[Any]) -> Reader[Any]:
@@ -361,6 +372,8 @@ def _read_model(model: type[Any]) -> Reader[Any]:
 
 _read_user: Reader[UserPublic] = _read_model(UserPublic)
 _read_page: Reader[UserPage] = _read_model(UserPage)
+_read_changes: Reader[ChangePage] = _read_model(ChangePage)
+_read_history: Reader[HistoryPage] = _read_model(HistoryPage)
 
 
 def _read_users(response: httpx.Response, earlier_attempt_unknown: bool) -> list[UserPublic]:
@@ -496,6 +509,18 @@ class Calls:
 
     def delete_user(self, user: UserRef, if_match: str | int | None) -> Call[None]:
         return Call("DELETE", _user_path(user), _read_deleted, headers=_if_match(user, if_match))
+
+    def list_changes(
+        self, cursor: str | None, limit: int | None, wait: float | None
+    ) -> Call[ChangePage]:
+        params = _query({"cursor": cursor, "limit": limit, "wait": wait})
+        return Call("GET", "/users/changes", _read_changes, params=params, server_wait=wait or 0.0)
+
+    def user_history(
+        self, user: UserRef, limit: int | None, cursor: str | None
+    ) -> Call[HistoryPage]:
+        params = _query({"limit": limit, "cursor": cursor})
+        return Call("GET", f"{_user_path(user)}/history", _read_history, params=params)
 
     def health(self) -> Call[dict[str, str]]:
         return Call("GET", "/healthz", _read_health)
@@ -667,8 +692,19 @@ class _ClientBase:
         if call.body is not None:
             content = json.dumps(call.body, separators=(",", ":")).encode()
             headers["Content-Type"] = "application/json"
+        extensions = {}
+        if call.server_wait:
+            timeout = http.timeout.as_dict()
+            if timeout["read"] is not None:
+                timeout["read"] += call.server_wait
+            extensions["timeout"] = timeout
         return http.build_request(
-            call.method, call.path, params=call.params, content=content, headers=headers
+            call.method,
+            call.path,
+            params=call.params,
+            content=content,
+            headers=headers,
+            extensions=extensions,
         )
 
 
@@ -786,6 +822,45 @@ class UsersClient(_ClientBase):
     def delete_user(self, user: UserRef, *, if_match: str | int | None = None) -> None:
         """DELETE. Given a `UserPublic`, only if it is still at that version."""
         self.send(self.calls.delete_user(user, if_match))
+
+    def list_changes(
+        self, *, cursor: str | None = None, limit: int | None = None, wait: float | None = None
+    ) -> ChangePage:
+        """One page of the change feed after `cursor` (from the oldest change kept
+        without one); with `wait`, an empty page waits up to that many seconds."""
+        return self.send(self.calls.list_changes(cursor, limit, wait))
+
+    def iter_changes(
+        self, cursor: str | None = None, *, limit: int | None = None
+    ) -> Iterator[ChangePage]:
+        """The pages of changes after `cursor`, until none is left (see `follow`).
+
+        Handle a page's `items`, then save its `next_cursor`: resuming from the
+        saved cursor sees every later change exactly once, in commit order.
+        """
+        while True:
+            page = self.list_changes(cursor=cursor, limit=limit)
+            if not page.items:
+                return
+            yield page
+            cursor = page.next_cursor
+
+    def follow(
+        self, cursor: str | None = None, *, limit: int | None = None, wait: float = 30.0
+    ) -> Iterator[ChangePage]:
+        """Like `iter_changes`, forever: once caught up, long-polls (`wait` seconds
+        per request) and yields each page of new changes as soon as it commits."""
+        while True:
+            page = self.list_changes(cursor=cursor, limit=limit, wait=wait)
+            cursor = page.next_cursor
+            if page.items:
+                yield page
+
+    def user_history(
+        self, user: UserRef, *, limit: int | None = None, cursor: str | None = None
+    ) -> HistoryPage:
+        """The user's changes, newest first; pass `next_cursor` for older ones."""
+        return self.send(self.calls.user_history(user, limit, cursor))
 
     def health(self) -> dict[str, str]:
         return self.send(self.calls.health())
@@ -908,6 +983,45 @@ class AsyncUsersClient(_ClientBase):
     async def delete_user(self, user: UserRef, *, if_match: str | int | None = None) -> None:
         """DELETE. Given a `UserPublic`, only if it is still at that version."""
         await self.send(self.calls.delete_user(user, if_match))
+
+    async def list_changes(
+        self, *, cursor: str | None = None, limit: int | None = None, wait: float | None = None
+    ) -> ChangePage:
+        """One page of the change feed after `cursor` (from the oldest change kept
+        without one); with `wait`, an empty page waits up to that many seconds."""
+        return await self.send(self.calls.list_changes(cursor, limit, wait))
+
+    async def iter_changes(
+        self, cursor: str | None = None, *, limit: int | None = None
+    ) -> AsyncIterator[ChangePage]:
+        """The pages of changes after `cursor`, until none is left (see `follow`).
+
+        Handle a page's `items`, then save its `next_cursor`: resuming from the
+        saved cursor sees every later change exactly once, in commit order.
+        """
+        while True:
+            page = await self.list_changes(cursor=cursor, limit=limit)
+            if not page.items:
+                return
+            yield page
+            cursor = page.next_cursor
+
+    async def follow(
+        self, cursor: str | None = None, *, limit: int | None = None, wait: float = 30.0
+    ) -> AsyncIterator[ChangePage]:
+        """Like `iter_changes`, forever: once caught up, long-polls (`wait` seconds
+        per request) and yields each page of new changes as soon as it commits."""
+        while True:
+            page = await self.list_changes(cursor=cursor, limit=limit, wait=wait)
+            cursor = page.next_cursor
+            if page.items:
+                yield page
+
+    async def user_history(
+        self, user: UserRef, *, limit: int | None = None, cursor: str | None = None
+    ) -> HistoryPage:
+        """The user's changes, newest first; pass `next_cursor` for older ones."""
+        return await self.send(self.calls.user_history(user, limit, cursor))
 
     async def health(self) -> dict[str, str]:
         return await self.send(self.calls.health())

@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     RATE_LIMITED = "rate_limited"
     IDEMPOTENCY_QUOTA_EXCEEDED = "idempotency_quota_exceeded"
+    CURSOR_EXPIRED = "cursor_expired"
 
 
 class ErrorDetail(BaseModel):
@@ -73,6 +74,30 @@ class UserPage(BaseModel):
 
 class UserBatchPublic(BaseModel):
     items: list[UserPublic]
+
+
+class UserChangePublic(BaseModel):
+    """One change, as the feed and the history show it."""
+
+    seq: int
+    action: Literal["created", "updated", "deleted"]
+    user_id: uuid.UUID
+    version: int
+    at: datetime
+    caller: str
+    request_id: str
+    changed: list[str]
+    user: UserPublic | None
+
+
+class ChangePage(BaseModel):
+    items: list[UserChangePublic]
+    next_cursor: str
+
+
+class HistoryPage(BaseModel):
+    items: list[UserChangePublic]
+    next_cursor: str | None
 
 
 class NewUser(TypedDict, total=False):
