@@ -11,6 +11,7 @@ about 30 s for the service's, 10 s for the client's.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -62,21 +63,23 @@ def make_venv(path: Path, *requirements: str | Path) -> Path:
     """A fresh virtualenv at `path` with `requirements` installed; its bin folder."""
     venv.create(path, with_pip=False)
     python = path / "bin" / "python"
-    # Pins only: an `-r` line in a constraints file would install what it names.
+    # Pins only: an `-r` line in a constraints file would install what it
+    # names, and pip refuses a constraint with extras (`limits[redis]==...`).
     pins = [
-        line
+        re.sub(r"\[[^\]]*\]", "", line)
         for name in ("requirements.txt", "requirements-dev.txt")
         for line in (REPO_ROOT / name).read_text().splitlines()
         if line and not line.startswith(("#", "-"))
     ]
     constraints = path.parent / "constraints.txt"
     constraints.write_text("\n".join(pins) + "\n")
-    subprocess.run(
+    installed = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
          "-c", str(constraints), *map(str, requirements)],
-        check=True,
         capture_output=True,
+        text=True,
     )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
     return path / "bin"
 
 
