@@ -311,6 +311,10 @@ class Settings(BaseSettings):
     # On SIGTERM: how long requests in flight may run on before the process
     # exits without them (see users_service.__main__).
     shutdown_grace_seconds: Annotated[int, Field(ge=1, le=3600)] = 30
+    # On SIGTERM: how long an idle keep-alive connection stays open (a
+    # request on it is still answered, then it closes), so that a load
+    # balancer never sends on a connection as it closes (api/connections.py).
+    shutdown_idle_linger_seconds: Annotated[float, Field(ge=0, le=60)] = 3.0
 
     # --- Rotation: secrets from files (docs/operations.md#rotating-secrets).
     # Each secret setting may be read from a file instead, as container
