@@ -181,14 +181,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """SIGTERM: a connection with an answer under way closes after it
         (uvicorn's way); an idle one closes after the linger (module notes)."""
         self.shutting_down = True
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.cycle.keep_alive = False
-        elif self.shutdown_linger <= 0:
-            self.transport.close()
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and self.shutdown_linger > 0:
+            self.loop.call_later(self.shutdown_linger, self._close_after_answer)
         else:
-            self.loop.call_later(self.shutdown_linger, self._close_if_idle)
+            self._close_after_answer()
 
-    def _close_if_idle(self) -> None:
+    def _close_after_answer(self) -> None:
+        """Close now if idle, else once the answer under way has gone out."""
         if self.cycle is None or self.cycle.response_complete:
             self.transport.close()
         else:
