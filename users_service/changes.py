@@ -158,25 +158,19 @@ def _locked_insert_statement() -> Any:
     return insert(user_changes).from_select(ROW_COLUMNS, values)
 
 
-def _create_with_change_statement() -> Any:
-    """PostgreSQL: a user's INSERT, the order lock and its change in one
-    statement (two round trips less per create than three statements).
+def _with_change_statement(write: Any) -> Any:
+    """PostgreSQL: a user's write (an INSERT or UPDATE returning the user's
+    id, as a CTE), the order lock and its change in one statement: one
+    round trip for what three statements took.
 
-    The lock is taken for the row the user's INSERT returns, so only once
-    that INSERT is done (a racing create of the same email waits for the
-    other's commit without holding the lock), and before the change's seq
-    is drawn. The user's values are bound by their column names, the
-    change's as `change_<column>`.
+    The lock is taken for the row the write returns, so only once that
+    write is done (a racing create of the same email waits for the other's
+    commit without holding the lock), and before the change's seq is
+    drawn. The change's values are bound as `change_<column>`.
     """
-    created = (
-        insert(users)
-        .values({column.name: bindparam(column.name) for column in users.columns})
-        .returning(users.c.id)
-        .cte("created_user")
-    )
     lock = (
         select(func.pg_advisory_xact_lock(ORDER_LOCK_KEY).label("locked"))
-        .select_from(created)
+        .select_from(write.returning(users.c.id).cte("written_user"))
         .cte("order_lock")
     )
     values = select(
@@ -185,14 +179,39 @@ def _create_with_change_statement() -> Any:
     return insert(user_changes).from_select(ROW_COLUMNS, values)
 
 
+def _change_values(change: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"change_{name}": value for name, value in change.items()}
+
+
 async def insert_user_with_change(
     *, connection: Connection, values: Mapping[str, Any], change: Mapping[str, Any]
 ) -> None:
-    """PostgreSQL only: insert a user and append its change, in one statement."""
-    statement = compiled(connection, "insert_user_with_change", _create_with_change_statement)
-    await connection.run(
-        statement, {**values, **{f"change_{name}": value for name, value in change.items()}}
+    """PostgreSQL only: insert a user (`values`, bound by column name) and
+    append its change, in one statement."""
+    statement = compiled(
+        connection,
+        "insert_user_with_change",
+        lambda: _with_change_statement(
+            insert(users).values({column.name: bindparam(column.name) for column in users.columns})
+        ),
     )
+    await connection.run(statement, {**values, **_change_values(change)})
+
+
+async def update_user_with_change(
+    *,
+    connection: Connection,
+    update_user: Any,
+    key: Any,
+    values: Mapping[str, Any],
+    change: Mapping[str, Any],
+) -> None:
+    """PostgreSQL only: run `update_user` (an UPDATE of one user, whose
+    shape `key` names) and append its change, in one statement."""
+    statement = compiled(
+        connection, ("with_change", key), lambda: _with_change_statement(update_user())
+    )
+    await connection.run(statement, {**values, **_change_values(change)})
 
 
 async def append(*, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:

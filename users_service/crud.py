@@ -150,17 +150,24 @@ async def update_user(
     now = utcnow()
     values = {**changed, "updated_at": now, "version": user["version"] + 1}
     columns = tuple(sorted(values))
-    statement = compiled(connection, ("update_user", columns), lambda: _update_statement(columns))
-    try:
-        await connection.run(
-            statement,
-            {"user_id": user_id, **{f"new_{key}": value for key, value in values.items()}},
-        )
-    except UniqueViolation:
-        raise EmailTaken() from None
+    key = ("update_user", columns)
+    bound = {"user_id": user_id, **{f"new_{name}": value for name, value in values.items()}}
     updated = {**changed, "updated_at": now, "version": values["version"]}
     user = {**user, **{field: json_value(field, value) for field, value in updated.items()}}
     change = changes.updated_row(source, user_id, now, tuple(changed), user)
+    try:
+        if dialect == "postgresql":  # one round trip for both
+            await changes.update_user_with_change(
+                connection=connection,
+                update_user=lambda: _update_statement(columns),
+                key=key,
+                values=bound,
+                change=change,
+            )
+            return user
+        await connection.run(compiled(connection, key, lambda: _update_statement(columns)), bound)
+    except UniqueViolation:
+        raise EmailTaken() from None
     await changes.append(connection=connection, rows=[change])
     return user
 
