@@ -29,7 +29,7 @@ from users_service.db.engine import configure_threadpool, create_db_engine
 from users_service.db.schema import migration_revisions
 from users_service.idempotency import KeyUsage, sweep_expired_idempotency_keys
 from users_service.logs import FLUSH_SECONDS, AccessLog, configure_logging, flush_logs
-from users_service.metrics import set_build_info, set_pool_usage
+from users_service.metrics import sample_in_flight, set_build_info, set_pool_usage
 from users_service.pagination import CursorCodec
 from users_service.settings import Settings, load_settings
 from users_service.tracing import Tracing
@@ -43,13 +43,14 @@ a stable `code`; every answer carries `X-Request-ID`.
 
 async def flush_and_sample(database: Database, access_log: AccessLog) -> None:
     """Every FLUSH_SECONDS: write out buffered log lines; sample the
-    connection pool for /metrics."""
+    connection pool and the requests in flight for /metrics."""
     while True:
         await asyncio.sleep(FLUSH_SECONDS)
         flush_logs()
         access_log.flush()
         await database.prune()
         set_pool_usage(*database.pool_usage())
+        sample_in_flight()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -9,10 +9,12 @@ from starlette.types import Receive, Scope, Send
 
 from users_service.api.middleware import RequestContextMiddleware
 from users_service.logs import AccessLog
+from users_service.metrics import sample_in_flight
 from users_service.settings import LogFormat
 
 
 def in_flight() -> float:
+    sample_in_flight()  # as /metrics does before it answers
     return REGISTRY.get_sample_value("http_requests_in_flight") or 0.0
 
 

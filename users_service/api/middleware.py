@@ -16,7 +16,7 @@ from users_service.api.auth import ANONYMOUS, is_protected
 from users_service.api.problems import problem_response
 from users_service.errors import InternalError, PayloadTooLarge, RateLimited, ServiceUnavailable
 from users_service.logs import AccessLog
-from users_service.metrics import IN_FLIGHT, UNMATCHED_ROUTE, RequestMetrics
+from users_service.metrics import REQUESTS_IN_FLIGHT, UNMATCHED_ROUTE, RequestMetrics
 from users_service.request_context import (
     REQUEST_ID_HEADER,
     request_id_from,
@@ -75,7 +75,7 @@ class RequestContextMiddleware:
         token = set_request_id(request_id)
         header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
         status = 500
-        IN_FLIGHT.inc()
+        REQUESTS_IN_FLIGHT.count += 1
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
@@ -101,7 +101,7 @@ class RequestContextMiddleware:
                 raise
             await problem_response(InternalError())(scope, receive, send_with_request_id)
         finally:
-            IN_FLIGHT.dec()
+            REQUESTS_IN_FLIGHT.count -= 1
             reset_request_id(token)
             self._observe(scope, request_id, status, time.perf_counter() - started, peer)
 

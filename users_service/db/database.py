@@ -100,11 +100,17 @@ class Database:
     async def prune(self) -> None:
         """Close what has been idle too long (called every second or so)."""
 
-    @asynccontextmanager
-    async def _turns(self, *semaphores: asyncio.Semaphore | None) -> AsyncIterator[None]:
-        """Hold one place in each semaphore, waiting DB_POOL_TIMEOUT_SECONDS at
-        most in all (then DatabaseUnavailable). A wait, and a wait that runs
-        out, are counted for /metrics (db_pool_wait_seconds, db_pool_timeouts_total)."""
+    async def _take_turns(
+        self, *semaphores: asyncio.Semaphore | None
+    ) -> tuple[asyncio.Semaphore, ...]:
+        """Take one place in each semaphore (give them back with
+        `_give_back`), waiting DB_POOL_TIMEOUT_SECONDS at most in all (then
+        DatabaseUnavailable). A wait, and a wait that runs out, are counted
+        for /metrics (db_pool_wait_seconds, db_pool_timeouts_total).
+
+        A coroutine and a plain function rather than a context manager: one
+        generator less per request (the request path's reads and writes
+        take their turns here)."""
         deadline = waited_since = None
         held: list[asyncio.Semaphore] = []
         try:
@@ -125,12 +131,18 @@ class Database:
                 else:
                     await semaphore.acquire()  # free: no timer needed
                 held.append(semaphore)
-            if waited_since is not None:  # /metrics: only the requests that waited
-                POOL_WAIT.observe(asyncio.get_running_loop().time() - waited_since)
-            yield
-        finally:
-            for semaphore in reversed(held):
-                semaphore.release()
+        except BaseException:
+            self._give_back(held)
+            raise
+        if waited_since is not None:  # /metrics: only the requests that waited
+            POOL_WAIT.observe(asyncio.get_running_loop().time() - waited_since)
+        return tuple(held)
+
+    @staticmethod
+    def _give_back(held: Sequence[asyncio.Semaphore]) -> None:
+        """Give back the places `_take_turns` took."""
+        for semaphore in reversed(held):
+            semaphore.release()
 
     def _heavy_turn(self, heavy: bool) -> asyncio.Semaphore | None:
         assert self._heavy_turns is not None, "Database.start() was not called"
@@ -238,16 +250,21 @@ class PooledDatabase(Database):
 
     @asynccontextmanager
     async def read(self, *, heavy: bool = False) -> AsyncIterator[Connection]:
-        async with (
-            self._turns(self._heavy_turn(heavy), self._read_slots, self._slots),
-            self._connection(write=False) as connection,
-        ):
-            yield connection
+        held = await self._take_turns(self._heavy_turn(heavy), self._read_slots, self._slots)
+        try:
+            async with self._connection(write=False) as connection:
+                yield connection
+        finally:
+            self._give_back(held)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        async with self._turns(self._slots), self._connection(write=True) as connection:
-            yield connection
+        held = await self._take_turns(self._slots)
+        try:
+            async with self._connection(write=True) as connection:
+                yield connection
+        finally:
+            self._give_back(held)
         self.commits.notify()
 
 

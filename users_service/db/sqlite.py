@@ -123,7 +123,8 @@ class SQLiteDatabase(Database):
             assert self._reader is not None, "Database.start() was not called"
             yield self._reader
             return
-        async with self._turns(self._heavy_turn(heavy)):
+        held = await self._take_turns(self._heavy_turn(heavy))
+        try:
             threads = self._heavy_threads
             fairy = await anyio.to_thread.run_sync(self.engine.raw_connection, limiter=threads)
             raw: sqlite3.Connection = fairy.driver_connection  # type: ignore[assignment]
@@ -140,6 +141,8 @@ class SQLiteDatabase(Database):
                 else:
                     raw.set_progress_handler(None, 0)
                 await release_threaded(fairy, connection)
+        finally:
+            self._give_back(held)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
