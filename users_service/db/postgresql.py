@@ -30,29 +30,12 @@ class _PostgresConnection:
         self.raw = raw
         self.dialect = dialect
         self.failed = False
-        # A write transaction's BEGIN, not sent yet: it goes with the first
-        # statement, in one round trip (`_begin_with`).
-        self.begin_pending = False
 
     async def _execute(
         self, statement: Statement, values: Mapping[str, Any]
     ) -> psycopg.AsyncCursor[Any]:
         with translated(self, psycopg.errors.UniqueViolation, _UNAVAILABLE):
-            if self.begin_pending:
-                return await self._begin_with(statement.sql, statement.params(values))
             return await self.raw.execute(statement.sql, statement.params(values))
-
-    async def _begin_with(self, sql: str, params: Any) -> psycopg.AsyncCursor[Any]:
-        """BEGIN and the transaction's first statement in one round trip
-        (libpq's pipeline mode): a round trip costs about as much as a
-        simple statement here, and a create is then two (this and COMMIT)
-        instead of three (docs/performance.md). The results, and an error
-        of either, arrive when the pipeline ends."""
-        self.begin_pending = False
-        async with self.raw.pipeline():
-            await self.raw.execute("BEGIN")
-            cursor = await self.raw.execute(sql, params)
-        return cursor
 
     async def one(self, statement: Statement, values: Mapping[str, Any] = {}) -> Row | None:
         cursor = await self._execute(statement, values)
@@ -69,9 +52,6 @@ class _PostgresConnection:
 
     async def run_many(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
         with translated(self, psycopg.errors.UniqueViolation, _UNAVAILABLE):
-            if self.begin_pending:
-                self.begin_pending = False
-                await self.raw.execute("BEGIN")
             async with self.raw.cursor() as cursor:
                 await cursor.executemany(statement.sql, [statement.params(row) for row in rows])
 
@@ -144,34 +124,14 @@ class PostgresDatabase(PooledDatabase):
             if not write:
                 yield connection
                 return
-            async with self._transaction(connection):
-                yield connection
+            try:
+                async with connection.raw.transaction():
+                    yield connection
+            except _UNAVAILABLE as error:
+                connection.failed = True  # at BEGIN or COMMIT
+                raise unavailable(error) from error
         finally:
             await self._release(connection.raw, connection.failed)
-
-    @asynccontextmanager
-    async def _transaction(self, connection: _PostgresConnection) -> AsyncIterator[None]:
-        """A write transaction whose BEGIN goes with its first statement;
-        COMMIT at the end (nothing if no statement ran), else ROLLBACK."""
-        raw = connection.raw
-        connection.begin_pending = True
-        try:
-            yield
-        except BaseException:
-            began = not connection.begin_pending
-            if began and not connection.failed and not raw.closed:
-                try:
-                    await raw.execute("ROLLBACK")
-                except psycopg.Error:
-                    connection.failed = True
-            raise
-        if connection.begin_pending:
-            return  # nothing was sent: nothing to commit
-        try:
-            await raw.execute("COMMIT")
-        except _UNAVAILABLE as error:
-            connection.failed = True
-            raise unavailable(error) from error
 
     @asynccontextmanager
     async def _pooled_transaction(self, connection: _PostgresConnection) -> AsyncIterator[None]:
