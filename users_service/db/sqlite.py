@@ -109,6 +109,12 @@ class SQLiteDatabase(Database):
         # The writer waits for other processes' write locks without
         # blocking the event loop (see _begin).
         self._writer.raw.execute("PRAGMA busy_timeout=0")
+        # Each request of a group commit runs in a SAVEPOINT, whose journal
+        # of the pages it changes SQLite keeps in a temporary file by
+        # default: measured here, that cost an insert into the change log
+        # 140 µs more inside a savepoint than outside; in memory, nothing.
+        # (A request's pages: a few KiB; a batch of 1,000 users: a few MiB.)
+        self._writer.raw.execute("PRAGMA temp_store=MEMORY")
 
     async def close(self) -> None:
         for fairy in self._fairies:
