@@ -22,7 +22,18 @@ Where the count is kept:
   STORAGE_RETRY_SECONDS let every request through the same way without
   asking Redis (one timeout per outage and second, not one per request).
 
-With RATE_LIMITS empty the middleware is not installed at all.
+The check runs in api/middleware.py's PerCallerMiddleware, with the cap
+on requests in flight: one layer, not one more. With RATE_LIMITS empty
+there is no CallerLimits and the request path only sees that it is None.
+
+What a check costs (docs/performance.md, "Rate limits"): in memory, some
+4 µs of a 52 µs SQLite GET in process, nearly all of it in the library's
+acquire_entry (its list insert at the front grows with the requests in the
+window; its expiry thread, restarted every 10 ms, blocks the loop for a
+thread start each time). Its other strategies cost as much or more in
+memory (fixed window: about 3.5 µs, and it lets a burst double at a
+window's edge; sliding window counter: about 7 µs), so the moving window
+stays.
 """
 
 from __future__ import annotations
@@ -37,9 +48,8 @@ from limits.aio import strategies as aio_strategies
 from limits.aio.storage import RedisStorage
 from limits.errors import StorageError
 from limits.storage import MemoryStorage
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import JSONResponse
 
-from users_service.api.auth import is_protected
 from users_service.api.problems import problem_response
 from users_service.errors import RateLimited
 from users_service.metrics import RATE_LIMIT_FALLBACKS
@@ -91,27 +101,26 @@ class CallerLimits:
     def limit_of(self, caller: str) -> RateLimitItem | None:
         return self._items.get(caller, self._default)
 
-    def _entry(self, caller: str) -> tuple[str, int, int] | None:
-        try:
-            return self._entries[caller]
-        except KeyError:
-            item = self.limit_of(caller)
-            entry = None if item is None else (item.key_for(caller), item.amount, item.get_expiry())
-            # Bounded: callers are the configured names, anonymous and unauthenticated.
-            self._entries[caller] = entry
-            return entry
+    def _entry_of(self, caller: str) -> tuple[str, int, int] | None:
+        item = self.limit_of(caller)
+        return None if item is None else (item.key_for(caller), item.amount, item.get_expiry())
 
     def local_retry_after(self, caller: str) -> int | None:
         """In this process's memory: None if the request may go on; else
         the seconds to wait (1 at least), the request not counted."""
-        entry = self._entry(caller)
+        try:
+            entry = self._entries[caller]
+        except KeyError:
+            # Bounded: callers are the configured names, anonymous and unauthenticated.
+            entry = self._entries[caller] = self._entry_of(caller)
         if entry is None:
             return None
         key, amount, window = entry
-        assert self._local is not None, "a shared storage is checked with shared_retry_after"
-        if self._local.acquire_entry(key, amount, window):
+        local = self._local
+        assert local is not None, "a shared storage is checked with shared_retry_after"
+        if local.acquire_entry(key, amount, window):
             return None
-        oldest, _ = self._local.get_moving_window(key, amount, window)
+        oldest, _ = local.get_moving_window(key, amount, window)
         return _seconds_until(oldest + window)
 
     async def shared_retry_after(self, caller: str) -> int | None:
@@ -147,30 +156,9 @@ def _seconds_until(reset: float) -> int:
     return max(1, math.ceil(reset - time.time()))
 
 
-class RateLimitMiddleware:
-    """429 `rate_limited` for a caller over its RATE_LIMITS entry, on the
-    routes API keys guard. Runs inside ApiKeyMiddleware, which names the
-    caller, so a refused key is never counted against anyone."""
-
-    def __init__(self, app: ASGIApp, limits: CallerLimits) -> None:
-        self.app = app
-        self.limits = limits
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_protected(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        caller = scope["state"]["caller"]
-        if self.limits.shared:
-            retry_after = await self.limits.shared_retry_after(caller)
-        else:  # nothing to wait for: no coroutine
-            retry_after = self.limits.local_retry_after(caller)
-        if retry_after is None:
-            await self.app(scope, receive, send)
-            return
-        refusal = RateLimited(
-            f"This caller's rate limit is spent; retry in {retry_after} s (Retry-After)"
-        )
-        await problem_response(refusal, headers={"Retry-After": str(retry_after)})(
-            scope, receive, send
-        )
+def rate_limited(retry_after: int) -> JSONResponse:
+    """The 429 for a caller over its limit (api/middleware.py checks)."""
+    refusal = RateLimited(
+        f"This caller's rate limit is spent; retry in {retry_after} s (Retry-After)"
+    )
+    return problem_response(refusal, headers={"Retry-After": str(retry_after)})
