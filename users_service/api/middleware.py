@@ -205,7 +205,7 @@ class PerCallerMiddleware:
     caller, so a refused key is never counted against anyone.
 
     One layer for both: a layer of its own cost the rate limit about a
-    micro-second more per request (docs/performance.md, "Rate limits")."""
+    microsecond more per request (docs/performance.md, "Rate limits")."""
 
     def __init__(self, app: ASGIApp, limit: int, rate_limits: CallerLimits | None) -> None:
         self.app = app

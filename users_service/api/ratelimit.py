@@ -26,14 +26,14 @@ The check runs in api/middleware.py's PerCallerMiddleware, with the cap
 on requests in flight: one layer, not one more. With RATE_LIMITS empty
 there is no CallerLimits and the request path only sees that it is None.
 
-What a check costs (docs/performance.md, "Rate limits"): in memory, some
-4 µs of a 52 µs SQLite GET in process, nearly all of it in the library's
-acquire_entry (its list insert at the front grows with the requests in the
-window; its expiry thread, restarted every 10 ms, blocks the loop for a
-thread start each time). Its other strategies cost as much or more in
-memory (fixed window: about 3.5 µs, and it lets a burst double at a
-window's edge; sliding window counter: about 7 µs), so the moving window
-stays.
+What a check costs (docs/performance.md, "Rate limits"): in memory, 3-5 µs
+of a 53 µs SQLite GET in process (6-9%), nearly all of it in the library's
+MemoryStorage.acquire_entry: its insert at the front of the caller's list
+grows with the requests in the window, and its expiry thread, started again
+every 10 ms, stops the loop for a thread start each time. The library's
+other in-memory strategies cost as much or more (fixed window 2-4 µs, and
+a burst doubles at a window's edge; sliding window counter about 7.5 µs),
+so the moving window stays.
 """
 
 from __future__ import annotations
