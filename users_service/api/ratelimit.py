@@ -97,8 +97,8 @@ class LocalRates:
     is_alive(), 0.4 µs; a lock), p99 17-18 µs, and its expiry thread,
     started again every 10 ms, stops the event loop at each start: 220-248
     checks in 40,000 took over 50 µs (median 178-265 µs, the worst 3-5
-    ms). Of a SQLite GET /users/{id} in process (about 53 µs) that library
-    cost +3.5 and +5.0 µs (7-10%), this +0.05 and +0.3 µs (under 1%).
+    ms). Of a SQLite GET /users/{id} in process (50-53 µs) that library
+    cost +3.5 to +5.0 µs (7-10%), this +0.05 to +1.0 µs (0.1-2%).
     Its fixed window (+2.3 to +4.1 µs, and twice the burst across a
     window's edge), sliding window counter (+7.5 µs) and asyncio storage
     were no better.
