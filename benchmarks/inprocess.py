@@ -161,6 +161,17 @@ async def run(url: str, ids: list[str]) -> dict[str, list[float]]:
     return results
 
 
+def seeded_database(backend: str, work_dir: Path) -> tuple[str, list[str]]:
+    """A fresh database on `backend` holding SEEDED users: its URL, and the
+    ids of 5,000 of them to read."""
+    url, engine = fresh_database(backend, work_dir)
+    seed_users(engine, SEEDED, progress=False)
+    with engine.connect() as connection:
+        ids = [str(i) for i in connection.execute(select(users.c.id).limit(5000)).scalars()]
+    engine.dispose()
+    return url, ids
+
+
 def main() -> int:
     print(f"# In process: {REQUESTS} requests x {ROUNDS} rounds per endpoint; {SEEDED:,} users")
     limits = f"RATE_LIMITS={RATE_LIMITS!r} storage={RATE_LIMIT_STORAGE_URL or 'memory'}"
@@ -168,11 +179,7 @@ def main() -> int:
     print("| database: endpoint | median µs | p90 µs |\n| --- | ---: | ---: |")
     with tempfile.TemporaryDirectory(prefix="users-inprocess-") as work_dir:
         for backend in backends():
-            url, engine = fresh_database(backend, Path(work_dir))
-            seed_users(engine, SEEDED, progress=False)
-            with engine.connect() as connection:
-                ids = [str(i) for i in connection.execute(select(users.c.id).limit(5000)).scalars()]
-            engine.dispose()
+            url, ids = seeded_database(backend, Path(work_dir))
             results = asyncio.run(run(url, ids))
             for name, values in results.items():
                 medians, p90s = values[0::2], values[1::2]

@@ -17,11 +17,11 @@ from users_service.api import docs, health, users
 from users_service.api.auth import ApiKeyMiddleware
 from users_service.api.middleware import (
     BodyLimitMiddleware,
-    CallerConcurrencyMiddleware,
+    PerCallerMiddleware,
     RequestContextMiddleware,
 )
 from users_service.api.problems import install_error_handlers
-from users_service.api.ratelimit import CallerLimits, RateLimitMiddleware
+from users_service.api.ratelimit import CallerLimits
 from users_service.api.routing import head_routes
 from users_service.changes import prune_old_changes
 from users_service.db.database import Database, create_database
@@ -131,15 +131,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Outermost last: request ids and the access log, then the client behind
     # a trusted proxy (here, not in uvicorn, so that the log also knows the
-    # peer), then API keys, then each caller's rate limit (only when
-    # RATE_LIMITS sets one), then each caller's requests in flight, then the
-    # body limit.
+    # peer), then API keys, then each caller's rate limit (when RATE_LIMITS
+    # sets one) and requests in flight, in one layer, then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
-        CallerConcurrencyMiddleware, limit=settings.max_requests_in_flight_per_caller
+        PerCallerMiddleware,
+        limit=settings.max_requests_in_flight_per_caller,
+        rate_limits=rate_limits,
     )
-    if rate_limits is not None:
-        app.add_middleware(RateLimitMiddleware, limits=rate_limits)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     app.add_middleware(RequestContextMiddleware, access_log=access_log)

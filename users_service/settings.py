@@ -121,8 +121,11 @@ ANY_CALLER = "*"
 
 @dataclass(frozen=True)
 class RateLimit:
-    """`burst` requests in any window of `window_seconds`: on average at most
-    `per_second` (exactly that when burst is a multiple of it)."""
+    """Up to `burst` requests at once, then one every 1/`per_second` s
+    (in memory: api/ratelimit.py's LocalRates). In Redis, the `limits`
+    library's moving window: `burst` requests in any window of
+    `window_seconds`, on average at most `per_second` (exactly that when
+    burst is a whole number of seconds' worth)."""
 
     per_second: float
     burst: int

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from users_service.api.auth import ANONYMOUS, is_protected
 from users_service.api.problems import problem_response
+from users_service.api.ratelimit import CallerLimits, rate_limited
 from users_service.errors import InternalError, PayloadTooLarge, RateLimited, ServiceUnavailable
 from users_service.logs import AccessLog
 from users_service.metrics import REQUESTS_IN_FLIGHT, UNMATCHED_ROUTE, RequestMetrics
@@ -195,23 +196,41 @@ def _replaying(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-class CallerConcurrencyMiddleware:
-    """At most `limit` requests of one caller in flight at once in this
-    process, on the routes API keys guard (429 `rate_limited` beyond): one
-    caller cannot take every connection, thread and turn for itself.
-    Runs inside ApiKeyMiddleware, which names the caller."""
+class PerCallerMiddleware:
+    """What one caller may send, on the routes API keys guard (429
+    `rate_limited` beyond either): first its rate (RATE_LIMITS, when set:
+    api/ratelimit.py), then at most `limit` requests in flight at once in
+    this process, so that one caller cannot take every connection, thread
+    and turn for itself. Runs inside ApiKeyMiddleware, which names the
+    caller, so a refused key is never counted against anyone.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    One layer for both: a layer of its own cost the rate limit about a
+    microsecond more per request (docs/performance.md, "Rate limits")."""
+
+    def __init__(self, app: ASGIApp, limit: int, rate_limits: CallerLimits | None) -> None:
         self.app = app
         self.limit = limit
+        self.rate_limits = rate_limits
         self.in_flight: dict[str, int] = {}
         self._refusal = RateLimited()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.limit or not is_protected(scope["path"]):
+        if scope["type"] != "http" or not is_protected(scope["path"]):
             await self.app(scope, receive, send)
             return
         caller = scope["state"]["caller"]
+        rate_limits = self.rate_limits
+        if rate_limits is not None:
+            if rate_limits.shared:
+                retry_after = await rate_limits.shared_retry_after(caller)
+            else:  # nothing to wait for: no coroutine
+                retry_after = rate_limits.local_retry_after(caller)
+            if retry_after is not None:
+                await rate_limited(retry_after)(scope, receive, send)
+                return
+        if not self.limit:
+            await self.app(scope, receive, send)
+            return
         in_flight = self.in_flight.get(caller, 0)
         if in_flight >= self.limit:
             await problem_response(self._refusal)(scope, receive, send)
