@@ -26,6 +26,11 @@ kept at all (the key is released, as after a 5xx: the request wrote
 nothing, so its retry runs again). The sweep deletes in small batches, on a
 worker thread, so that a day's worth of expired keys never holds up the
 event loop.
+
+A success's answer is stored with a link to each user it shows
+(idempotency_key_users), so that deleting a user erases the answers that
+show them by an index look-up (`erase_answers_with`), not by reading every
+answer; a key's links go with it (ON DELETE CASCADE).
 """
 
 from __future__ import annotations

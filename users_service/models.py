@@ -239,7 +239,8 @@ class IdempotencyKeyUser(SQLModel, table=True):
         ),
         # The cascade's (and a restarted key's) look-up by key.
         Index("ix_idempotency_key_users_caller_endpoint_key", "caller", "endpoint", "key"),
-        MYSQL_TABLE_OPTIONS,
+        # SQLite: the primary key is the table (no rowid B-tree besides it).
+        {**MYSQL_TABLE_OPTIONS, "sqlite_with_rowid": False},
     )
 
     user_id: uuid.UUID = Field(primary_key=True, sa_type=UserIdType)

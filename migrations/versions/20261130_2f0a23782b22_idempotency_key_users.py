@@ -38,7 +38,8 @@ def upgrade() -> None:
     mariadb_charset='utf8mb4',
     mariadb_collate='utf8mb4_bin',
     mysql_charset='utf8mb4',
-    mysql_collate='utf8mb4_bin'
+    mysql_collate='utf8mb4_bin',
+    sqlite_with_rowid=False
     )
     with op.batch_alter_table('idempotency_key_users', schema=None) as batch_op:
         batch_op.create_index('ix_idempotency_key_users_caller_endpoint_key', ['caller', 'endpoint', 'key'], unique=False)
