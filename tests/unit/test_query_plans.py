@@ -4,7 +4,8 @@ The statements are the ones the API runs (`crud.page_statement` and
 `crud.count_statement`), explained right after a bulk load, by `seed` and
 by `import`, without waiting for anything and without analyzing the table
 here (the loads refresh the planner's statistics themselves): no sort step
-over the table, no full scan.
+over the table, no full scan. So is a delete's look-up of the stored
+answers that show the user (`idempotency._answers_with`), at the end.
 """
 
 from __future__ import annotations
