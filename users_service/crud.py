@@ -196,9 +196,13 @@ async def delete_user(
     )
     if not await connection.run(statement, {"user_id": user_id}):
         raise UserNotFound()
-    await idempotency.erase_answers_with(connection=connection, user_id=user_id)
-    # Last: it takes the order lock, held until the commit.
+    # It takes the order lock, held until the commit: the rest is short.
     await changes.erase_user(connection=connection, user_id=user_id)
+    # After the order lock: on MariaDB the look-up locks a gap of the links'
+    # index, where a keyed create holding the order lock may insert its link
+    # (a deadlock: 2-4 of 600 keyed creates racing 300 deletes were 503, none
+    # since; 139 with the scan before the index).
+    await idempotency.erase_answers_with(connection=connection, user_id=user_id)
     change = changes.deleted_row(source, user_id, row[0], utcnow())
     await changes.append(connection=connection, rows=[change])
 

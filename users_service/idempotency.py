@@ -26,6 +26,11 @@ kept at all (the key is released, as after a 5xx: the request wrote
 nothing, so its retry runs again). The sweep deletes in small batches, on a
 worker thread, so that a day's worth of expired keys never holds up the
 event loop.
+
+A success's answer is stored with a link to each user it shows
+(idempotency_key_users), so that deleting a user erases the answers that
+show them by an index look-up (`erase_answers_with`), not by reading every
+answer; a key's links go with it (ON DELETE CASCADE).
 """
 
 from __future__ import annotations
@@ -35,13 +40,15 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
 import orjson
-from sqlalchemy import Engine, LargeBinary, bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, select, true, tuple_, update
+from sqlalchemy.dialects import postgresql
 
 from users_service.db.database import Connection, Database
 from users_service.db.engine import WRITE_OPTION
@@ -53,6 +60,7 @@ from users_service.errors import (
     IdempotencyKeyReused,
     IdempotencyQuotaExceeded,
 )
+from users_service.models import idempotency_key_users as links
 from users_service.models import idempotency_keys as keys
 from users_service.settings import Settings
 
@@ -320,6 +328,17 @@ async def claim(
                 await connection.run(
                     restart, {**claimed.where(), "new_hash": request_hash, "new_created_at": now}
                 )
+                if status is not None:  # the expired answer's links go with it
+                    unlink = compiled(
+                        connection,
+                        "unlink_key",
+                        lambda: delete(links).where(
+                            (links.c.caller == bindparam("caller"))
+                            & (links.c.endpoint == bindparam("endpoint"))
+                            & (links.c.key == bindparam("key"))
+                        ),
+                    )
+                    await connection.run(unlink, claimed.where())
                 return claimed
             if stored_hash != request_hash:
                 raise IdempotencyKeyReused(HEADER)
@@ -329,37 +348,70 @@ async def claim(
     raise IdempotencyKeyInUse()
 
 
-async def save_answer(*, connection: Connection, claimed: Claim, answer: StoredAnswer) -> None:
-    """Store the answer in the caller's open transaction.
+def _save_statement() -> Any:
+    return (
+        update(keys)
+        .where(_key_condition() & (keys.c.created_at == bindparam("claimed_at")))
+        .values(
+            status=bindparam("new_status"),
+            headers=bindparam("new_headers"),
+            body=bindparam("new_body"),
+        )
+    )
+
+
+def _save_with_links_statement() -> Any:
+    """PostgreSQL: the answer's UPDATE and its links' INSERT in one statement
+    (one round trip, ~150 µs here): a link per id of :user_ids, for the key
+    the UPDATE returns, so none when the claim is no longer this request's.
+    The statement's row count is the links'."""
+    saved = _save_statement().returning(keys.c.caller, keys.c.endpoint, keys.c.key)
+    saved_key = saved.cte("saved_answer")
+    shown = (
+        func.unnest(bindparam("user_ids", type_=postgresql.ARRAY(links.c.user_id.type)))
+        .table_valued("user_id")
+        .render_derived(name="shown")
+    )
+    rows = select(shown.c.user_id, saved_key.c.caller, saved_key.c.endpoint, saved_key.c.key)
+    rows = rows.select_from(saved_key.join(shown, true()))
+    return insert(links).from_select(["user_id", "caller", "endpoint", "key"], rows)
+
+
+async def save_answer(
+    *,
+    connection: Connection,
+    claimed: Claim,
+    answer: StoredAnswer,
+    shows: Sequence[uuid.UUID] = (),
+) -> None:
+    """Store the answer in the caller's open transaction, with a link to
+    each user it `shows` (by id), which is how a delete of one of them finds
+    it (`erase_answers_with`).
 
     Raises 409 `idempotency_key_in_use` (and the caller's transaction, its
     write with it, is rolled back) when the claim is no longer this
     request's: a retry took it over after the in-flight timeout."""
-    statement = compiled(
-        connection,
-        "save_answer",
-        lambda: (
-            update(keys)
-            .where(_key_condition() & (keys.c.created_at == bindparam("claimed_at")))
-            .values(
-                status=bindparam("new_status"),
-                headers=bindparam("new_headers"),
-                body=bindparam("new_body"),
-            )
-        ),
-    )
-    saved = await connection.run(
-        statement,
-        {
-            **claimed.where(),
-            "claimed_at": claimed.claimed_at,
-            "new_status": answer.status,
-            "new_headers": orjson.dumps(answer.headers).decode(),
-            "new_body": answer.body,
-        },
-    )
-    if saved != 1:
+    values = {
+        **claimed.where(),
+        "claimed_at": claimed.claimed_at,
+        "new_status": answer.status,
+        "new_headers": orjson.dumps(answer.headers).decode(),
+        "new_body": answer.body,
+    }
+    if shows and connection.dialect.name == "postgresql":
+        statement = compiled(connection, "save_answer_with_links", _save_with_links_statement)
+        linked = await connection.run(statement, {**values, "user_ids": list(shows)})
+        if linked != len(shows):
+            raise IdempotencyKeyInUse()
+        claimed.saved = True
+        return
+    statement = compiled(connection, "save_answer", _save_statement)
+    if await connection.run(statement, values) != 1:
         raise IdempotencyKeyInUse()
+    if shows:
+        link = compiled(connection, "link_answer", lambda: insert(links))
+        key = claimed.where()
+        await connection.run_many(link, [{"user_id": user_id, **key} for user_id in shows])
     claimed.saved = True
 
 
@@ -482,19 +534,26 @@ async def delete_expired(*, database: Database, batch: int = SWEEP_BATCH) -> int
 
 async def erase_answers_with(*, connection: Connection, user_id: uuid.UUID) -> None:
     """Delete the stored answers that show the user (a deleted user's name and
-    email must not outlive them), in the delete's transaction. Reads every
-    stored answer: keys live 24 hours at most."""
+    email must not outlive them), in the delete's transaction. They are
+    found through their links (idempotency_key_users, by user_id: an index
+    look-up, no answer is read); the links go with them (ON DELETE CASCADE).
+    Only success answers show a user: no error answer holds an existing
+    user's name, email or id (docs/design.md)."""
     dialect = connection.dialect.name
     statement = compiled(connection, "erase_answers", lambda: _answers_with(dialect))
-    pattern = str(user_id) if dialect == "sqlite" else f"%{user_id}%"
-    await connection.run(statement, {"pattern": pattern.encode()})
+    await connection.run(statement, {"user_id": user_id})
 
 
 def _answers_with(dialect: str) -> Any:
-    pattern = bindparam("pattern", type_=LargeBinary)
-    if dialect == "sqlite":  # SQLite's LIKE does not look into blobs; instr does
-        return delete(keys).where(func.instr(keys.c.body, pattern) > 0)
-    return delete(keys).where(keys.c.body.op("LIKE")(pattern))
+    shown = links.c.user_id == bindparam("user_id")
+    key_columns = ("caller", "endpoint", "key")
+    if dialect in ("mysql", "mariadb"):
+        # DELETE ... USING the links: MariaDB reads every answer for the
+        # IN (subquery) form (its DELETE does not turn it into a join).
+        joined = [keys.c[name] == links.c[name] for name in key_columns]
+        return delete(keys).where(*joined, shown)
+    linked = select(*(links.c[name] for name in key_columns)).where(shown)
+    return delete(keys).where(tuple_(*(keys.c[name] for name in key_columns)).in_(linked))
 
 
 async def sweep_once(database: Database, usage: KeyUsage) -> int:

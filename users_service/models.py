@@ -31,6 +31,7 @@ from pydantic import AfterValidator, ConfigDict, Strict, field_validator
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -220,6 +221,35 @@ class IdempotencyKey(SQLModel, table=True):
 
 
 idempotency_keys: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
+
+
+class IdempotencyKeyUser(SQLModel, table=True):
+    """A user a stored answer shows: a delete finds the answers to erase
+    through these rows (by user_id, the primary key's first column) instead
+    of reading every answer. Written with the answer, in its transaction;
+    deleted with their key (ON DELETE CASCADE: the sweep, a release, an
+    erasure). See idempotency.py."""
+
+    __tablename__ = "idempotency_key_users"
+    __table_args__: Any = (
+        ForeignKeyConstraint(
+            ["caller", "endpoint", "key"],
+            [idempotency_keys.c.caller, idempotency_keys.c.endpoint, idempotency_keys.c.key],
+            ondelete="CASCADE",
+        ),
+        # The cascade's (and a restarted key's) look-up by key.
+        Index("ix_idempotency_key_users_caller_endpoint_key", "caller", "endpoint", "key"),
+        # SQLite: the primary key is the table (no rowid B-tree besides it).
+        {**MYSQL_TABLE_OPTIONS, "sqlite_with_rowid": False},
+    )
+
+    user_id: uuid.UUID = Field(primary_key=True, sa_type=UserIdType)
+    caller: str = Field(primary_key=True, sa_type=String(100))
+    endpoint: str = Field(primary_key=True, sa_type=String(50))
+    key: str = Field(primary_key=True, sa_type=String(255))
+
+
+idempotency_key_users: Table = IdempotencyKeyUser.__table__  # type: ignore[attr-defined]
 
 
 # SQLite makes only an INTEGER PRIMARY KEY the rowid (and AUTOINCREMENT).

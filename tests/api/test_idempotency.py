@@ -18,7 +18,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, func, insert, select, update
 
 from tests.helpers import assert_problem, race, user_count
 from users_service.api.auth import ANONYMOUS
@@ -33,10 +33,11 @@ from users_service.idempotency import (
     save_answer,
 )
 from users_service.main import create_app
-from users_service.models import idempotency_keys
+from users_service.models import idempotency_key_users, idempotency_keys
 from users_service.settings import load_settings
 
 keys_table = idempotency_keys
+links_table = idempotency_key_users
 
 # How the service names the endpoint a key belongs to (users_service/api/routing.py).
 CREATE_ENDPOINT = "POST /users"
@@ -85,6 +86,24 @@ def assert_not_replayed(response: httpx.Response) -> None:
 def stored_rows(engine: Any, key: str) -> list[Any]:
     with engine.connect() as connection:
         return list(connection.execute(select(keys_table).where(keys_table.c.key == key)))
+
+
+def linked_users(engine: Any, key: str) -> set[uuid.UUID]:
+    """The users the answer stored for `key` is linked to (idempotency_key_users)."""
+    with engine.connect() as connection:
+        rows = connection.execute(select(links_table.c.user_id).where(links_table.c.key == key))
+        return {row.user_id for row in rows}
+
+
+def orphan_links(engine: Any) -> int:
+    """Links whose key is gone (the foreign key's cascade should leave none)."""
+    key_columns = ("caller", "endpoint", "key")
+    joined = links_table.outerjoin(
+        keys_table, and_(*(links_table.c[name] == keys_table.c[name] for name in key_columns))
+    )
+    with engine.connect() as connection:
+        statement = select(func.count()).select_from(joined).where(keys_table.c.key.is_(None))
+        return int(connection.execute(statement).scalar_one())
 
 
 # --- same key, same body --------------------------------------------------------------
@@ -593,13 +612,17 @@ def test_a_request_whose_claim_was_taken_over_can_store_nothing(
     async def late_answer() -> None:
         async with database.transaction() as connection:
             await save_answer(
-                connection=connection, claimed=first, answer=StoredAnswer(201, {}, b"{}")
+                connection=connection,
+                claimed=first,
+                answer=StoredAnswer(201, {}, b"{}"),
+                shows=[uuid.uuid4(), uuid.uuid4()],
             )
 
     with pytest.raises(IdempotencyKeyInUse):
         portal.call(late_answer)
     assert_replay_of(post_json(client, "/users", FIRST_BODY, key), retried)
     assert user_count(client) == 1
+    assert linked_users(database.engine, key) == {uuid.UUID(retried.json()["id"])}
 
 
 # --- batch -------------------------------------------------------------------------------------
@@ -619,3 +642,116 @@ def test_batch_retry_replays_every_item_and_creates_nothing_more(
 
     assert_replay_of(retry, first)
     assert user_count(client) == count
+
+
+# --- erasure -------------------------------------------------------------------------------
+
+
+def test_a_delete_erases_the_answers_that_show_the_user_found_by_their_links(
+    client: TestClient, app: FastAPI
+) -> None:
+    engine = app.state.database.engine
+    single_key, batch_key, other_key = new_key(), new_key(), new_key()
+    ada = post_json(client, "/users", json.dumps(user_body("ada@example.com")).encode(), single_key)
+    batch_body = {"users": [user_body("b@example.com", "Bea"), user_body("c@example.com", "Cy")]}
+    batch = post_json(client, "/users/batch", json.dumps(batch_body).encode(), batch_key)
+    other_body = json.dumps(user_body("d@example.com", "Dee")).encode()
+    other = post_json(client, "/users", other_body, other_key)
+    bea, cy = (uuid.UUID(item["id"]) for item in batch.json()["items"])
+    assert linked_users(engine, single_key) == {uuid.UUID(ada.json()["id"])}
+    assert linked_users(engine, batch_key) == {bea, cy}
+
+    assert client.delete(f"/users/{bea}").status_code == 204
+
+    # The batch's answer showed Bea: gone, with its links.
+    assert stored_rows(engine, batch_key) == []
+    assert linked_users(engine, batch_key) == set()
+    # What did not show her stays, and is still replayed.
+    assert len(stored_rows(engine, single_key)) == 1
+    assert_replay_of(post_json(client, "/users", other_body, other_key), other)
+    assert linked_users(engine, other_key) == {uuid.UUID(other.json()["id"])}
+    # A retry of the batch runs anew (docs/api.md, Erasure): Cy still exists.
+    retry = post_json(client, "/users/batch", json.dumps(batch_body).encode(), batch_key)
+    assert_problem(retry, 409, "email_taken")
+    assert_not_replayed(retry)
+    assert orphan_links(engine) == 0
+
+
+def test_an_expired_answer_taken_over_by_a_new_request_keeps_none_of_its_links(
+    client: TestClient, app: FastAPI
+) -> None:
+    engine = app.state.database.engine
+    key = new_key()
+    first = post_json(client, "/users", FIRST_BODY, key)
+    with engine.begin() as connection:
+        connection.execute(
+            update(keys_table)
+            .where(keys_table.c.key == key)
+            .values(created_at=datetime.now(UTC) - timedelta(hours=25))
+        )
+    second = post_json(client, "/users", json.dumps(user_body("grace@example.com")).encode(), key)
+    assert second.status_code == 201, second.text
+
+    assert linked_users(engine, key) == {uuid.UUID(second.json()["id"])}
+    # Deleting the first user leaves the answer that shows the second one.
+    assert client.delete(first.headers["location"]).status_code == 204
+    assert len(stored_rows(engine, key)) == 1
+
+
+@pytest.mark.parametrize("batch", [1, 1000])
+def test_the_sweep_deletes_the_links_of_the_keys_it_deletes(
+    client: TestClient, app: FastAPI, batch: int
+) -> None:
+    engine = app.state.database.engine
+    expired, kept = new_key(), new_key()
+    body = {"users": [user_body(f"sweep{i}@example.com") for i in range(3)]}
+    post_json(client, "/users/batch", json.dumps(body).encode(), expired)
+    post_json(client, "/users", json.dumps(user_body("s@example.com")).encode(), expired + "-1")
+    post_json(client, "/users", json.dumps(user_body("k@example.com")).encode(), kept)
+    with engine.begin() as connection:
+        connection.execute(
+            update(keys_table)
+            .where(keys_table.c.key.in_([expired, expired + "-1"]))
+            .values(created_at=datetime.now(UTC) - timedelta(hours=25))
+        )
+    assert len(linked_users(engine, expired)) == 3
+
+    assert client.portal is not None
+    deleted = client.portal.call(partial(delete_expired, database=app.state.database, batch=batch))
+
+    assert deleted >= 2
+    assert linked_users(engine, expired) == set()
+    assert linked_users(engine, expired + "-1") == set()
+    assert len(linked_users(engine, kept)) == 1
+    assert orphan_links(engine) == 0
+
+
+def test_deletes_racing_keyed_creates_never_deadlock_them(client: TestClient) -> None:
+    """A delete erases answers after taking the change log's order lock: on
+    MariaDB its look-up in the links locks a gap where a racing keyed create,
+    holding that lock, may insert its link (2-4 of these 600 creates were
+    503 before, with the look-up first)."""
+    created = [
+        post_json(
+            client, "/users", json.dumps(user_body(f"race{n}@example.com")).encode(), new_key()
+        )
+        for n in range(300)
+    ]
+    ids = [response.json()["id"] for response in created]
+
+    def work(worker: int) -> list[int]:
+        if worker < 4:
+            return [client.delete(f"/users/{user_id}").status_code for user_id in ids[worker::4]]
+        return [
+            post_json(
+                client,
+                "/users",
+                json.dumps(user_body(f"new{worker}-{n}@example.com")).encode(),
+                new_key(),
+            ).status_code
+            for n in range(150)
+        ]
+
+    statuses = race(8, work)
+
+    assert [set(found) for found in statuses] == [{204}] * 4 + [{201}] * 4

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, create_engine, inspect, pool, text
+from sqlalchemy import Engine, column, create_engine, insert, inspect, pool, select, table, text
 
 from tests.databases import create_fresh_database, migrate
 from users_service.db.schema import alembic_config, head_revisions
+from users_service.models import idempotency_key_users
 from users_service.settings import load_settings
 
 
@@ -154,3 +158,62 @@ def test_users_table_is_utf8mb4_on_mariadb_whatever_the_database_default(
     migrate(url)
 
     assert users_table_character_sets(url) == UTF8MB4_USERS_TABLE
+
+
+def upgrade(url: str, revision: str) -> None:
+    config = alembic_config(url)
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, revision)
+
+
+BEFORE_ANSWER_LINKS = "51a9ff0025be"
+
+
+def test_answers_stored_before_the_links_get_theirs_at_upgrade(
+    backend: str, tmp_path: Path
+) -> None:
+    """Revision 2f0a23782b22 links the answers already stored, so a delete
+    erases them too: a single create's, every item of a batch's, over more
+    than one page of keys; errors and claims still in flight get none."""
+    url = create_fresh_database(backend, tmp_path, "_mig_links")
+    upgrade(url, BEFORE_ANSWER_LINKS)
+    singles = {f"single-{n:03}": uuid.uuid4() for n in range(250)}
+    batch = [uuid.uuid4(), uuid.uuid4()]
+    rows = [
+        stored_answer(key, "POST /users", 201, {"id": str(user_id), "name": "A"})
+        for key, user_id in singles.items()
+    ]
+    rows += [
+        stored_answer(
+            "batch", "POST /users/batch", 201, {"items": [{"id": str(i)} for i in batch]}
+        ),
+        stored_answer("conflict", "POST /users", 409, {"code": "email_taken"}),
+        {**stored_answer("in-flight", "POST /users", None, None), "body": None},
+    ]
+    keys = table("idempotency_keys", *(column(name) for name in rows[0]))
+    with engine_for(url) as engine, engine.begin() as connection:
+        connection.execute(insert(keys), rows)
+
+    migrate(url)
+
+    with engine_for(url) as engine, engine.connect() as connection:
+        links = connection.execute(
+            select(idempotency_key_users.c.key, idempotency_key_users.c.user_id)
+        ).all()
+    expected = {(key, user_id) for key, user_id in singles.items()}
+    expected |= {("batch", user_id) for user_id in batch}
+    assert set(links) == expected
+    assert len(links) == len(expected)
+
+
+def stored_answer(key: str, endpoint: str, status: int | None, body: Any) -> dict[str, Any]:
+    return {
+        "caller": "anonymous",
+        "endpoint": endpoint,
+        "key": key,
+        "request_hash": "0" * 64,
+        "created_at": datetime.now(UTC),
+        "status": status,
+        "headers": "{}",
+        "body": json.dumps(body).encode(),
+    }

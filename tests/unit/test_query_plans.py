@@ -4,7 +4,8 @@ The statements are the ones the API runs (`crud.page_statement` and
 `crud.count_statement`), explained right after a bulk load, by `seed` and
 by `import`, without waiting for anything and without analyzing the table
 here (the loads refresh the planner's statistics themselves): no sort step
-over the table, no full scan.
+over the table, no full scan. So is a delete's look-up of the stored
+answers that show the user (`idempotency._answers_with`), at the end.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from sqlalchemy import Engine, Select, func, select
+from sqlalchemy import BindParameter, Engine, Select, func, insert, literal, select
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.visitors import replacement_traverse
 
 from tests.databases import create_fresh_database, migrate
 from tests.helpers import write_users_csv
@@ -24,7 +27,8 @@ from users_service.crud import count_statement, filter_values, page_values, wind
 from users_service.crud import page_statement as crud_page_statement
 from users_service.db import name_search
 from users_service.db.engine import create_db_engine
-from users_service.models import UserListQuery, users
+from users_service.idempotency import _answers_with as answers_with
+from users_service.models import UserListQuery, idempotency_key_users, idempotency_keys, users
 from users_service.pagination import SORT_VALUES, SortOrder
 from users_service.seed import seed_users
 from users_service.settings import load_settings
@@ -55,7 +59,7 @@ def engine(
     loaded.dispose()
 
 
-def explain(engine: Engine, statement: Select[Any]) -> Any:
+def explain(engine: Engine, statement: ClauseElement) -> Any:
     sql = str(statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
     with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
@@ -73,7 +77,7 @@ def _postgresql_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def assert_index_served(
     engine: Engine,
-    statement: Select[Any],
+    statement: ClauseElement,
     index: str | None = None,
     *,
     sorted_rows_at_most: int = 0,
@@ -83,7 +87,10 @@ def assert_index_served(
     shown = json.dumps(plan, default=str, indent=1)
     if engine.dialect.name == "sqlite":
         assert not any("TEMP B-TREE" in step for step in plan), shown
-        assert all("INDEX" in step for step in plan if step.startswith(("SCAN", "SEARCH"))), shown
+        # A WITHOUT ROWID table's primary key is its index.
+        served = ("INDEX", "PRIMARY KEY")
+        steps = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
+        assert all(any(way in step for way in served) for step in steps), shown
         used = " ".join(plan)
     elif engine.dialect.name == "postgresql":
         nodes = list(_postgresql_nodes(plan[0]["Plan"]))
@@ -234,3 +241,63 @@ def test_name_window_end_walks_the_sort_index(engine, sort):
         page_values({}, 0, deep_key(engine, order)) | {"window_skip": 4999}
     )
     assert_index_served(engine, statement)
+
+
+# --- erasure: the answers that show a deleted user -------------------------------------------
+
+STORED_ANSWERS = 20_000
+NO_OPTIONS: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module")
+def answers_engine(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """STORED_ANSWERS stored answers, each linked to the user it shows, as
+    requests leave them (no analyze)."""
+    url = create_fresh_database(backend, tmp_path_factory.mktemp("answers"), "_answers")
+    migrate(url)
+    loaded = create_db_engine(load_settings(database_url=url, environment="test"))
+    now = datetime.now(UTC)
+    keys = [
+        {
+            "caller": "crm",
+            "endpoint": "POST /users",
+            "key": f"key-{number}",
+            "request_hash": "0" * 64,
+            "created_at": now,
+            "status": 201,
+            "headers": "{}",
+            "body": b'{"id": "..."}' + b"x" * 200,
+        }
+        for number in range(STORED_ANSWERS)
+    ]
+    links = [
+        {"user_id": uuid.uuid4(), "caller": "crm", "endpoint": "POST /users", "key": row["key"]}
+        for row in keys
+    ]
+    with loaded.begin() as connection:
+        connection.execute(insert(idempotency_keys), keys)
+        connection.execute(insert(idempotency_key_users), links)
+    yield loaded
+    loaded.dispose()
+
+
+def test_a_delete_finds_the_answers_to_erase_by_index(answers_engine: Engine) -> None:
+    """erase_answers_with's DELETE: the links by user_id (their primary
+    key), the answers by theirs; no scan of either table."""
+    with answers_engine.connect() as connection:
+        user_id = connection.execute(select(idempotency_key_users.c.user_id).limit(1)).scalar_one()
+    dialect = answers_engine.dialect.name
+
+    def with_the_user(element: Any, **_: Any) -> Any:
+        if isinstance(element, BindParameter) and element.key == "user_id":
+            return literal(user_id, idempotency_key_users.c.user_id.type)
+        return None
+
+    statement: ClauseElement = answers_with(dialect)
+    statement = cast(ClauseElement, replacement_traverse(statement, NO_OPTIONS, with_the_user))
+
+    links_key = {
+        "sqlite": "idempotency_key_users USING PRIMARY KEY (user_id=?)",
+        "postgresql": "pk_idempotency_key_users",
+    }
+    assert_index_served(answers_engine, statement, links_key.get(dialect, "PRIMARY"))

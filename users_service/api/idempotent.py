@@ -5,14 +5,17 @@ users_service/idempotency.py for what is stored): a retry gets the first
 answer back, whatever it was (a 201, a 409, a 422 about the body), unless
 it was a 5xx, or a 4xx too large to keep (IDEMPOTENCY_MAX_ERROR_ANSWER_BYTES).
 The route stores a success's answer in its own write transaction
-(`Idempotency.save`), so the user and the answer that announces it commit
-together; other answers are stored here, after the fact. A new key past the
+(`Idempotency.save`, with the ids of the users it shows), so the user and
+the answer that announces it commit together; other answers are stored
+here, after the fact (none of them shows an existing user: an error's
+body names fields, never the values sent). A new key past the
 caller's cap is refused 429 (`idempotency.KeyUsage`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
@@ -52,12 +55,15 @@ class Idempotency:
 
     claim: idempotency.Claim | None
 
-    async def save(self, response: Response, *, connection: Connection) -> None:
+    async def save(
+        self, response: Response, *, connection: Connection, shows: Sequence[uuid.UUID]
+    ) -> None:
         """Store `response` for the request's key, if it has one, in the
-        connection's open write transaction."""
+        connection's open write transaction; `shows`: the ids of the users
+        it shows (a delete of one of them erases it)."""
         if self.claim is not None:
             await idempotency.save_answer(
-                connection=connection, claimed=self.claim, answer=answer_of(response)
+                connection=connection, claimed=self.claim, answer=answer_of(response), shows=shows
             )
 
 

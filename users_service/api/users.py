@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from typing import Any
 
 import orjson
@@ -184,7 +185,7 @@ async def create_user(
     async with database.transaction() as connection:
         user = await crud.create_user(connection=connection, data=body, source=source)
         response = user_response(user, status.HTTP_201_CREATED, Location=f"/users/{user['id']}")
-        await idempotency.save(response, connection=connection)
+        await idempotency.save(response, connection=connection, shows=[uuid.UUID(user["id"])])
     metrics.USERS_CREATED.inc()
     return response
 
@@ -293,7 +294,8 @@ async def create_users(
     async with database.transaction() as connection:
         created = await crud.create_users(connection=connection, data=body.users, source=source)
         response = JSONResponse({"items": created}, status_code=status.HTTP_201_CREATED)
-        await idempotency.save(response, connection=connection)
+        shows = [uuid.UUID(user["id"]) for user in created]
+        await idempotency.save(response, connection=connection, shows=shows)
     metrics.USERS_CREATED.inc(len(created))
     return response
 
