@@ -15,10 +15,11 @@ becomes `EmailTaken` (no check-then-insert).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import orjson
@@ -31,10 +32,13 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
     select,
     text,
     update,
 )
+from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.operators import custom_op
 
 from users_service import changes, idempotency
 from users_service.changes import ChangeSource
@@ -286,14 +290,24 @@ async def _first_taken(*, connection: Connection, emails: Sequence[str]) -> int 
 # --------------------------------------------------------------------------
 # Listing
 
-# The filters of UserListQuery, each with the condition it adds.
+# The range filters of UserListQuery, by the column each bounds: the sort's
+# index bounds a range on the sort's own column.
+_RANGE_FILTERS = {
+    "min_age": "age",
+    "max_age": "age",
+    "created_after": "created_at",
+    "created_before": "created_at",
+}
+
+# The filters of UserListQuery, each with the condition it adds (a range
+# filter's, of its column's expression: _conditions).
 _FILTERS: dict[str, Any] = {
     "email": lambda: users.c.email == bindparam("email"),
     "name": lambda: func.lower(users.c.name).like(bindparam("name", type_=String), escape="\\"),
-    "min_age": lambda: users.c.age >= bindparam("min_age"),
-    "max_age": lambda: users.c.age <= bindparam("max_age"),
-    "created_after": lambda: users.c.created_at > bindparam("created_after"),
-    "created_before": lambda: users.c.created_at < bindparam("created_before"),
+    "min_age": lambda column: column >= bindparam("min_age"),
+    "max_age": lambda column: column <= bindparam("max_age"),
+    "created_after": lambda column: column > bindparam("created_after"),
+    "created_before": lambda column: column < bindparam("created_before"),
 }
 
 
@@ -321,8 +335,22 @@ def page_values(
     return values
 
 
-def _conditions(filters: Sequence[str]) -> list[ColumnElement[bool]]:
-    return [_FILTERS[name]() for name in filters]
+def _conditions(
+    filters: Sequence[str], unindexed: Collection[str] = ()
+) -> list[ColumnElement[bool]]:
+    """The filters' conditions; a range on a column in `unindexed` tests
+    `+column` (SQLite's unary plus), which no index serves."""
+    conditions = []
+    for name in filters:
+        column_name = _RANGE_FILTERS.get(name)
+        if column_name is None:
+            conditions.append(_FILTERS[name]())
+            continue
+        column: ColumnElement[Any] = users.c[column_name]
+        if column_name in unindexed:
+            column = UnaryExpression(column, operator=custom_op("+"), type_=column.type)
+        conditions.append(_FILTERS[name](column))
+    return conditions
 
 
 def page_statement(
@@ -333,13 +361,17 @@ def page_statement(
     dialect: str,
     until: bool = False,
     search: Sequence[str] = (),
+    unindexed: Collection[str] = (),
 ) -> Select[Any]:
     """The SELECT for one page: the users as JSON, one more than `limit` (to
     see whether more follow), from the key in `after_value`, `after_id`;
     `until`: up to the key in `until_value`, `until_id` (a window's end);
-    `search`: the name index's values (name_search.search_values) too."""
-    statement = select(user_json(dialect)).where(*_conditions(filters))
-    if search:
+    `search`: the name index's values (name_search.search_values) too;
+    `unindexed`: columns whose range filters no index may serve
+    (wide_ranges)."""
+    statement = select(user_json(dialect)).where(*_conditions(filters, unindexed))
+    walk = bool(search) and name_search.walks_in_order(dialect, order.field)
+    if search and not walk:
         statement = name_search.restrict(statement, dialect, search)
     if after:
         key = (
@@ -353,7 +385,13 @@ def page_statement(
             bindparam("until_id", type_=users.c.id.type),
         )
         statement = statement.where(order.up_to(end, dialect))
-    return statement.order_by(*order.order_by()).limit(bindparam("limit", type_=Integer))
+    if walk:
+        statement = name_search.walk_in_creation_order(
+            statement, search, descending=order.descending
+        )
+    else:
+        statement = statement.order_by(*order.order_by())
+    return statement.limit(bindparam("limit", type_=Integer))
 
 
 # A name query is first tried on the users that follow the cursor in the
@@ -379,15 +417,6 @@ def window_end_statement(order: SortOrder, *, after: bool, dialect: str) -> Sele
     return select(user_json(dialect)).where(users.c.id == walk.scalar_subquery())
 
 
-# Range filters on the column a sort walks: its index bounds them.
-_RANGE_FILTERS = {
-    "min_age": "age",
-    "max_age": "age",
-    "created_after": "created_at",
-    "created_before": "created_at",
-}
-
-
 def may_scan(query: UserListQuery, order: SortOrder) -> bool:
     """Whether a listing may read far more index entries than the page it
     returns: a count, a name substring, or a range filter on another column
@@ -402,6 +431,66 @@ def may_scan(query: UserListQuery, order: SortOrder) -> bool:
         getattr(query, name) is not None and column != order.field
         for name, column in _RANGE_FILTERS.items()
     )
+
+
+# SQLite keeps no histogram (sqlite_stat1 only): for a range on another
+# column than the sort's it takes that column's index and sorts every
+# match, 340-620 ms at a million users for ages 60-90 (a fifth of the
+# table), where walking the sort's index and testing each row fills a page
+# of 50 after about 250 rows (0.2 ms). The walk loses when matches are
+# rare: 150 ms when none of a million rows matches. So the range's own
+# index first counts its matches, up to RANGE_PROBE_ROWS + 1 entries (0.2
+# ms): more than that, the sort's index is walked (at most limit * N /
+# RANGE_PROBE_ROWS rows: 25,000, 4 ms, at N = 1M); fewer, the range's index
+# and a sort of at most that many rows (4 ms). docs/design.md, "Listing".
+RANGE_PROBE_ROWS = 2_000
+
+
+def range_probe_statement(filters: Sequence[str]) -> Select[Any]:
+    """How many users the range `filters` (all on one column) match,
+    counted up to `cap` (a walk of that column's index)."""
+    matches = (
+        select(literal_column("1"))
+        .select_from(users)
+        .where(*_conditions(filters))
+        .limit(bindparam("cap", type_=Integer))
+        .subquery("matches")
+    )
+    return select(func.count()).select_from(matches)
+
+
+def range_probes(
+    dialect: str, values: Mapping[str, Any], order: SortOrder
+) -> list[tuple[str, tuple[str, ...]]]:
+    """The ranges wide_ranges counts: each column other than the sort's
+    that range filters in `values` bound (SQLite only), with those filters."""
+    if dialect != "sqlite":
+        return []
+    columns = sorted({_RANGE_FILTERS[name] for name in values if name in _RANGE_FILTERS})
+    return [
+        (column, tuple(name for name in values if _RANGE_FILTERS.get(name) == column))
+        for column in columns
+        if column != order.field
+    ]
+
+
+async def wide_ranges(
+    connection: Connection, values: Mapping[str, Any], order: SortOrder
+) -> frozenset[str]:
+    """The columns (range_probes) whose range filters match more than
+    RANGE_PROBE_ROWS users: a page is cheaper found by walking the sort's
+    index than by reading the range's."""
+    wide = set()
+    for column, filters in range_probes(connection.dialect.name, values, order):
+        statement = compiled(
+            connection, ("range_probe", filters), partial(range_probe_statement, filters)
+        )
+        row = await connection.one(
+            statement, {**{name: values[name] for name in filters}, "cap": RANGE_PROBE_ROWS + 1}
+        )
+        if row is not None and row[0] > RANGE_PROBE_ROWS:
+            wide.add(column)
+    return frozenset(wide)
 
 
 def count_statement(
@@ -448,7 +537,11 @@ async def list_users(
         search = name_search.search_values(dialect, name)
     resume_after = None
     if name is None or not (search or name_search.is_short(name)):
-        rows = await _page(connection, values, order, after, query.limit)
+        unindexed = await wide_ranges(connection, values, order)
+        rows = await _page(connection, values, order, after, query.limit, unindexed=unindexed)
+    elif search and name_search.walks_in_order(dialect, order.field):
+        search = await _rarest_first(connection, search)
+        rows = await _page(connection, values, order, after, query.limit, search=search)
     elif search and await _has_rare_trigram(connection, search):
         rows = await _page(connection, values, order, after, query.limit, search=search)
     else:
@@ -490,15 +583,17 @@ async def _page(
     *,
     until: tuple[Any, uuid.UUID] | None = None,
     search: Mapping[str, Any] = {},
+    unindexed: frozenset[str] = frozenset(),
 ) -> list[Row]:
     """The rows of one page (one more than `limit`) for the filters'
     `values`, up to the key `until`, among the name index's finds for its
-    `search` values (name_search.search_values)."""
+    `search` values (name_search.search_values), with no index on the
+    `unindexed` columns' ranges (wide_ranges)."""
     dialect = connection.dialect.name
-    filters, found_by = tuple(values), tuple(search)
+    filters, found_by, plain = tuple(values), tuple(search), tuple(sorted(unindexed))
     statement = compiled(
         connection,
-        ("page", filters, found_by, str(order), after is not None, until is not None),
+        ("page", filters, found_by, str(order), after is not None, until is not None, plain),
         lambda: page_statement(
             filters,
             order,
@@ -506,6 +601,7 @@ async def _page(
             dialect=dialect,
             until=until is not None,
             search=found_by,
+            unindexed=plain,
         ),
     )
     params = page_values({**values, **search}, limit, after)
@@ -526,6 +622,20 @@ async def _has_rare_trigram(connection: Connection, search: Mapping[str, Any]) -
         if row is not None and row[0] <= cap:
             return True
     return False
+
+
+async def _rarest_first(connection: Connection, search: Mapping[str, Any]) -> dict[str, Any]:
+    """MariaDB: the `search` values with the trigram held by the fewest
+    users (counted up to RARE_TRIGRAM_USERS + 1) first, the one walked."""
+    if len(search) < 2:
+        return dict(search)
+    statement = compiled(connection, "rare_trigram", name_search.rare_statement)
+    cap = name_search.RARE_TRIGRAM_USERS + 1
+    held = []
+    for trigram in search.values():
+        row = await connection.one(statement, {"trigram": trigram, "cap": cap})
+        held.append((row[0] if row is not None else 0, trigram))
+    return {f"name_trigram_{i}": trigram for i, (_, trigram) in enumerate(sorted(held))}
 
 
 async def _window_end(

@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.helpers import assert_problem, create_user, forged_cursor, parse_timestamp
+from users_service import crud
 from users_service.main import create_app
 from users_service.models import UserListQuery
 from users_service.pagination import SortOrder
@@ -478,6 +479,25 @@ def test_age_filters_are_inclusive(client, params, expected_ages):
     items = list_all(client, sort="age", limit=2, **params)
 
     assert [user["age"] for user in items] == expected_ages
+
+
+@pytest.mark.parametrize("probe_rows", [0, 1_000_000], ids=["sort-index", "range-index"])
+@pytest.mark.parametrize("sort", ["created_at", "-created_at", "age", "-name"])
+def test_range_filters_page_alike_whichever_index_serves_them(
+    client, monkeypatch, probe_rows, sort
+):
+    """crud.wide_ranges (SQLite): a range matching more than RANGE_PROBE_ROWS
+    users is tested row by row while the sort's index is walked; fewer, its
+    own index is read. Either way, the same pages."""
+    monkeypatch.setattr(crud, "RANGE_PROBE_ROWS", probe_rows)
+    population = [create_user(client, age=age) for age in (20, 35, 35, 50, 64, 80, 90, 91, 120)]
+    by_creation = sorted(population, key=lambda user: parse_timestamp(user["created_at"]))
+    after = by_creation[1]["created_at"]
+    expected = [user for user in by_creation[2:] if 35 <= user["age"] <= 90]
+
+    items = list_all(client, sort=sort, limit=2, min_age=35, max_age=90, created_after=after)
+
+    assert ids(items) == expected_order(expected, sort)
 
 
 def as_query_time(timestamp, style):

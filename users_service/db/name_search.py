@@ -57,7 +57,11 @@ TRIGRAM = 3
 _tables = MetaData()
 users_name_fts = Table("users_name_fts", _tables, Column("rowid", Integer), Column("name", String))
 user_name_trigrams = Table(
-    "user_name_trigrams", _tables, Column("trigram", String(3)), Column("user_id", String(32))
+    "user_name_trigrams",
+    _tables,
+    Column("trigram", String(3)),
+    Column("created_at", users.c.created_at.type),
+    Column("user_id", String(32)),
 )
 
 
@@ -103,6 +107,12 @@ def search_values(dialect: str, name: str) -> dict[str, str]:
     return {f"name_trigram_{i}": trigram for i, trigram in enumerate(ends)}
 
 
+def walks_in_order(dialect: str, sort_field: str) -> bool:
+    """Whether the index is walked in the page's order (MariaDB, created_at
+    either way): it then serves the page by itself, no window first."""
+    return dialect in ("mysql", "mariadb") and sort_field == "created_at"
+
+
 def restrict(statement: Select[Any], dialect: str, names: Sequence[str]) -> Select[Any]:
     """`statement` (on users) limited to the users the index finds for the
     values `search_values` gave, by their `names`: a superset of the
@@ -116,16 +126,7 @@ def restrict(statement: Select[Any], dialect: str, names: Sequence[str]) -> Sele
     # MariaDB must compute first (DISTINCT keeps it from being merged,
     # STRAIGHT_JOIN from reading users before it): left to itself the
     # optimizer may look a user up for every row of the first trigram.
-    count = sum(1 for name in names if name.startswith("name_trigram_"))
-    tables = [user_name_trigrams.alias(f"t{i}") for i in range(count)]
-    first = tables[0]
-    joined: Any = first
-    for i, table in enumerate(tables[1:], start=1):
-        joined = joined.join(
-            table,
-            (table.c.user_id == first.c.user_id)
-            & (table.c.trigram == bindparam(f"name_trigram_{i}", type_=String)),
-        )
+    first, joined = _holders(names)
     holders = (
         select(first.c.user_id)
         .select_from(joined)
@@ -135,4 +136,48 @@ def restrict(statement: Select[Any], dialect: str, names: Sequence[str]) -> Sele
     )
     return statement.select_from(holders.join(users, users.c.id == holders.c.user_id)).prefix_with(
         "STRAIGHT_JOIN"
+    )
+
+
+def _holders(names: Sequence[str]) -> tuple[Any, Any]:
+    """MariaDB: the trigram table as `t0` (the holders of `name_trigram_0`),
+    joined to one more alias for each other trigram looked up, by the whole
+    key: the users holding every trigram."""
+    count = sum(1 for name in names if name.startswith("name_trigram_"))
+    tables = [user_name_trigrams.alias(f"t{i}") for i in range(count)]
+    first = tables[0]
+    joined: Any = first
+    for i, table in enumerate(tables[1:], start=1):
+        joined = joined.join(
+            table,
+            (table.c.trigram == bindparam(f"name_trigram_{i}", type_=String))
+            & (table.c.created_at == first.c.created_at)
+            & (table.c.user_id == first.c.user_id),
+        )
+    return first, joined
+
+
+def walk_in_creation_order(
+    statement: Select[Any], names: Sequence[str], *, descending: bool
+) -> Select[Any]:
+    """MariaDB, a page in created_at order (walks_in_order): `statement` (on
+    users, not yet ordered) read while walking the holders of
+    `name_trigram_0` in the order of the trigram table's key (trigram,
+    created_at, user_id), each checked against the other trigrams by that
+    key, then read from users by id and tested (the statement's LIKE) until
+    the page is full: about `limit` x holders / matches rows of the trigram
+    table, not every holder of both trigrams (docs/performance.md, "Name
+    search"). Ordered by the walked key, which is the users' (created_at,
+    id): MariaDB sorts when ordered by the users' columns."""
+    first, joined = _holders(names)
+    key = [first.c.created_at, first.c.user_id]
+    return (
+        statement.select_from(
+            joined.join(
+                users, (users.c.id == first.c.user_id) & (users.c.created_at == first.c.created_at)
+            )
+        )
+        .where(first.c.trigram == bindparam("name_trigram_0", type_=String))
+        .order_by(*(column.desc() if descending else column.asc() for column in key))
+        .prefix_with("STRAIGHT_JOIN")
     )
