@@ -522,7 +522,10 @@ async def list_users(
     """One page in `order`, starting after the key `after`, and (when asked)
     how many users match the filters.
 
-    A name query reads at most sum(WINDOWS) users in the page's order first;
+    A name query of three characters or more in created_at order on
+    MariaDB walks the trigram table, which keeps that order
+    (name_search.walks_in_order). Otherwise a name query reads at most
+    sum(WINDOWS) users in the page's order first;
     when the page is not full there, a query of three characters or more
     asks the name index (SQLite, MariaDB; PostgreSQL's planner uses pg_trgm
     by itself), and a shorter one, which no trigram serves, ends the page at

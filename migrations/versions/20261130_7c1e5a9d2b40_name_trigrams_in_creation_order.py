@@ -61,10 +61,12 @@ def _triggers(created_at: bool) -> tuple[str, ...]:
     )
 
 
+# IF EXISTS: DDL is not transactional on MariaDB, so an upgrade that was
+# stopped half-way is run again from the start.
 _DROP_TRIGGERS = (
-    "DROP TRIGGER user_name_trigrams_delete",
-    "DROP TRIGGER user_name_trigrams_update",
-    "DROP TRIGGER user_name_trigrams_insert",
+    "DROP TRIGGER IF EXISTS user_name_trigrams_delete",
+    "DROP TRIGGER IF EXISTS user_name_trigrams_update",
+    "DROP TRIGGER IF EXISTS user_name_trigrams_insert",
 )
 
 
@@ -77,6 +79,7 @@ def upgrade() -> None:
         return
     for statement in (
         *_DROP_TRIGGERS,
+        "DROP TABLE IF EXISTS user_name_trigrams_by_creation",
         """CREATE TABLE user_name_trigrams_by_creation (
             trigram VARCHAR(3) NOT NULL,
             created_at DATETIME(6) NOT NULL,
@@ -84,10 +87,16 @@ def upgrade() -> None:
             PRIMARY KEY (trigram, created_at, user_id),
             KEY ix_user_name_trigrams_user_id (user_id)
         ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin""",
+        # Users in creation order, each one's trigrams found by its id: the
+        # rows arrive at the end of each trigram's range of the new key,
+        # so the table is written in order. Joined the other way, or
+        # sorted by the new key, a million users took more than 9 minutes
+        # in a temporary table (128 MiB buffer pool) and were stopped.
         """INSERT INTO user_name_trigrams_by_creation (trigram, created_at, user_id)
-        SELECT trigrams.trigram, users.created_at, trigrams.user_id
-        FROM user_name_trigrams AS trigrams JOIN users ON users.id = trigrams.user_id
-        ORDER BY trigrams.trigram, users.created_at, trigrams.user_id""",
+        SELECT STRAIGHT_JOIN trigrams.trigram, users.created_at, trigrams.user_id
+        FROM users FORCE INDEX (ix_users_created_at_id)
+        JOIN user_name_trigrams AS trigrams ON trigrams.user_id = users.id
+        ORDER BY users.created_at, users.id""",
         "DROP TABLE user_name_trigrams",
         "RENAME TABLE user_name_trigrams_by_creation TO user_name_trigrams",
         *_triggers(created_at=True),

@@ -13,7 +13,10 @@ returns exactly what the scan returns.
   LIKE ignores ASCII case, its lower() changes nothing else).
 - MariaDB/MySQL: `user_name_trigrams`, a user's distinct trigrams of
   `LOWER(name)` computed by the database (triggers): a user whose lowered
-  name contains the query has every trigram of the query.
+  name contains the query has every trigram of the query. Keyed by
+  (trigram, created_at, user_id) (migration 7c1e5a9d2b40): a page in the
+  default order walks one trigram's holders in that order
+  (walk_in_creation_order).
 
 Both are asked for the users holding the query's first and last trigrams
 (`search_values`).
