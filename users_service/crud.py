@@ -442,7 +442,7 @@ def may_scan(query: UserListQuery, order: SortOrder) -> bool:
 # index first counts its matches, up to RANGE_PROBE_ROWS + 1 entries (0.2
 # ms): more than that, the sort's index is walked (at most limit * N /
 # RANGE_PROBE_ROWS rows: 25,000, 4 ms, at N = 1M); fewer, the range's index
-# and a sort of at most that many rows (4 ms). docs/design.md, "Listing".
+# and a sort of at most that many rows (4 ms). docs/design.md, decision 7.
 RANGE_PROBE_ROWS = 2_000
 
 

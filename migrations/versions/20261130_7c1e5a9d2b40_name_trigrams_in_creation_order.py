@@ -13,7 +13,7 @@ then swapped in; the triggers are made again with `created_at`. SQLite and
 PostgreSQL: nothing to do.
 
 Revision ID: 7c1e5a9d2b40
-Revises: 51a9ff0025be
+Revises: 2f0a23782b22
 Create Date: 2026-11-30 09:40:00.000000
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = '7c1e5a9d2b40'
-down_revision: str | None = '51a9ff0025be'
+down_revision: str | None = '2f0a23782b22'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
