@@ -155,6 +155,7 @@ async def update_user(
     values = {**changed, "updated_at": now, "version": user["version"] + 1}
     columns = tuple(sorted(values))
     key = ("update_user", columns)
+    update_statement = partial(_update_statement, columns)
     bound = {"user_id": user_id, **{f"new_{name}": value for name, value in values.items()}}
     updated = {**changed, "updated_at": now, "version": values["version"]}
     user = {**user, **{field: json_value(field, value) for field, value in updated.items()}}
@@ -163,13 +164,13 @@ async def update_user(
         if dialect == "postgresql":  # one round trip for both
             await changes.update_user_with_change(
                 connection=connection,
-                update_user=lambda: _update_statement(columns),
+                update_user=update_statement,
                 key=key,
                 values=bound,
                 change=change,
             )
             return user
-        await connection.run(compiled(connection, key, lambda: _update_statement(columns)), bound)
+        await connection.run(compiled(connection, key, update_statement), bound)
     except UniqueViolation:
         raise EmailTaken() from None
     await changes.append(connection=connection, rows=[change])

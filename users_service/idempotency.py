@@ -47,7 +47,7 @@ from typing import Any
 
 import anyio.to_thread
 import orjson
-from sqlalchemy import Engine, bindparam, delete, func, insert, select, true, tuple_, update
+from sqlalchemy import Engine, Table, bindparam, delete, func, insert, select, true, tuple_, update
 from sqlalchemy.dialects import postgresql
 
 from users_service.db.database import Connection, Database
@@ -105,11 +105,12 @@ class Claim:
         return {"caller": self.caller, "endpoint": self.endpoint, "key": self.key}
 
 
-def _key_condition() -> Any:
+def _key_condition(table: Table = keys) -> Any:
+    """The row of `table` (the keys, or their links) for :caller, :endpoint, :key."""
     return (
-        (keys.c.caller == bindparam("caller"))
-        & (keys.c.endpoint == bindparam("endpoint"))
-        & (keys.c.key == bindparam("key"))
+        (table.c.caller == bindparam("caller"))
+        & (table.c.endpoint == bindparam("endpoint"))
+        & (table.c.key == bindparam("key"))
     )
 
 
@@ -332,11 +333,7 @@ async def claim(
                     unlink = compiled(
                         connection,
                         "unlink_key",
-                        lambda: delete(links).where(
-                            (links.c.caller == bindparam("caller"))
-                            & (links.c.endpoint == bindparam("endpoint"))
-                            & (links.c.key == bindparam("key"))
-                        ),
+                        lambda: delete(links).where(_key_condition(links)),
                     )
                     await connection.run(unlink, claimed.where())
                 return claimed

@@ -99,7 +99,8 @@ class InFlight:
     into http_requests_in_flight by `sample_in_flight`, every
     FLUSH_SECONDS and before each /metrics answer."""
 
-    count = 0
+    def __init__(self) -> None:
+        self.count = 0
 
 
 REQUESTS_IN_FLIGHT = InFlight()
