@@ -26,7 +26,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from pydantic import AfterValidator, ConfigDict, Strict, field_validator
 from sqlalchemy import (
     BigInteger,
@@ -123,8 +123,42 @@ def check_name(value: str) -> str:
     return value
 
 
+# A plain ASCII address: a dot-atom of letters, digits and `_+-` (at most 64
+# characters), then host labels of letters, digits and single hyphens, and a
+# top-level domain of letters. email-validator accepts every such address that
+# is not a special-use name, and returns it as it is but for case.
+# Taking them straight saves its full check: measured here, 45-80 µs of a
+# create's 300 (1.2 µs this way). tests/unit/test_models.py compares both on
+# random addresses; anything else still goes through email-validator.
+_PLAIN_ADDRESS = re.compile(
+    r"(?=[^@]{1,64}@)[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
+    r"@((?:[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*\.)+[A-Za-z]+)"
+)
+_SPECIAL_USE_SUFFIXES = tuple(f".{name}" for name in SPECIAL_USE_DOMAIN_NAMES)
+
+
+def is_plain_address(value: str) -> bool:
+    """Whether `value` is a plain ASCII address (see _PLAIN_ADDRESS) that
+    email-validator would accept unchanged but for case."""
+    if len(value) > EMAIL_MAX_LENGTH:
+        return False
+    match = _PLAIN_ADDRESS.fullmatch(value)
+    if match is None:
+        return False
+    domain = "." + match[1].lower()
+    return (
+        # RFC 1035's 63 characters per label; no "--" anywhere (RFC 5890's
+        # reserved "ab--" labels; "xn--" Punycode needs its full check).
+        all(len(label) <= 63 for label in domain.split("."))
+        and "--" not in domain
+        and not domain.endswith(_SPECIAL_USE_SUFFIXES)
+    )
+
+
 def normalize_email(value: str) -> str:
     """email-validator's syntax check and normalization, then lower case."""
+    if is_plain_address(value):
+        return value.lower()
     if has_forbidden_characters(value):
         raise ValueError("email must not contain control characters or lone surrogates")
     if len(value) > 4 * EMAIL_MAX_LENGTH:
