@@ -205,13 +205,14 @@ async def update_user_with_change(
     key: Any,
     values: Mapping[str, Any],
     change: Mapping[str, Any],
-) -> None:
+) -> bool:
     """PostgreSQL only: run `update_user` (an UPDATE of one user, whose
-    shape `key` names) and append its change, in one statement."""
+    shape `key` names) and append its change, in one statement; whether
+    the UPDATE found its row (if not, nothing is written)."""
     statement = compiled(
         connection, ("with_change", key), lambda: _with_change_statement(update_user())
     )
-    await connection.run(statement, {**values, **_change_values(change)})
+    return await connection.run(statement, {**values, **_change_values(change)}) == 1
 
 
 async def append(*, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:

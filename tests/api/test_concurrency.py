@@ -1,4 +1,4 @@
-"""Concurrent writers: racing creates, many SQLite writers, racing conditional PATCHes."""
+"""Concurrent writers: racing creates, many SQLite writers, racing PATCHes."""
 
 from __future__ import annotations
 
@@ -93,3 +93,25 @@ def test_racing_patches_with_same_if_match_let_exactly_one_win(client: TestClien
     final = client.get(location)
     assert final.json() == winner.json()
     assert final.headers["etag"] == '"2"'
+
+
+def test_racing_patches_without_if_match_each_make_their_own_version(client: TestClient) -> None:
+    created = client.post("/users", json={"name": "Origin", "email": "lost@example.com", "age": 1})
+    assert created.status_code == 201
+    location = created.headers["location"]
+
+    responses = race(20, lambda i: client.patch(location, json={"name": f"Patcher {i}"}))
+
+    # None is lost: each PATCH made a version of its own, with its own name,
+    # and the change log holds each of them once, in version order.
+    assert statuses(responses) == {200: 20}, [r.text for r in responses]
+    made = {r.json()["version"]: r.json()["name"] for r in responses}
+    assert sorted(made) == list(range(2, 22))
+    assert sorted(made.values()) == sorted(f"Patcher {i}" for i in range(20))
+    final = client.get(location).json()
+    assert final["version"] == 21
+    assert final["name"] == made[21]
+    history = client.get(f"{location}/history", params={"limit": 100}).json()["items"]
+    updates = [item for item in reversed(history) if item["action"] == "updated"]
+    assert [item["version"] for item in updates] == list(range(2, 22))
+    assert [item["user"]["name"] for item in updates] == [made[v] for v in range(2, 22)]

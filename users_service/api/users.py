@@ -182,7 +182,9 @@ async def list_users(
 async def create_user(
     body: UserCreate, database: DatabaseDep, idempotency: IdempotencyDep, source: ChangeSourceDep
 ) -> Response:
-    async with database.transaction() as connection:
+    # A create is one statement, whole on its own, unless its answer is kept too.
+    writes = database.statements() if idempotency.claim is None else database.transaction()
+    async with writes as connection:
         user = await crud.create_user(connection=connection, data=body, source=source)
         response = user_response(user, status.HTTP_201_CREATED, Location=f"/users/{user['id']}")
         await idempotency.save(response, connection=connection, shows=[uuid.UUID(user["id"])])
@@ -208,7 +210,7 @@ async def update_user(
     if_match: IfMatch = None,
 ) -> Response:
     """Only the fields sent change (a JSON merge patch)."""
-    async with database.transaction() as connection:
+    async with database.statements() as connection:
         user = await crud.update_user(
             connection=connection,
             user_id=user_id,
@@ -237,7 +239,7 @@ async def replace_user(
     source: ChangeSourceDep,
     if_match: IfMatch = None,
 ) -> Response:
-    async with database.transaction() as connection:
+    async with database.statements() as connection:
         user = await crud.update_user(
             connection=connection,
             user_id=user_id,

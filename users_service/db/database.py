@@ -84,6 +84,15 @@ class Database:
         """One write transaction: committed when the block ends, else rolled back."""
         raise NotImplementedError
 
+    def statements(self) -> AbstractAsyncContextManager[Connection]:
+        """Writes whose statements are each whole on their own (crud.py says
+        which: a create of one user, an update that checks the version it
+        read). Where the database allows, each commits as it runs
+        (PostgreSQL: no BEGIN and COMMIT round trips, and the change log's
+        order lock held only while its statement runs); elsewhere this is a
+        `transaction()`."""
+        return self.transaction()
+
     async def start(self) -> None:
         """Called once the event loop runs (the app's lifespan)."""
         self._heavy_turns = asyncio.Semaphore(self._heavy_reads)

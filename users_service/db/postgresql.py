@@ -134,6 +134,27 @@ class PostgresDatabase(PooledDatabase):
             await self._release(connection.raw, connection.failed)
 
     @asynccontextmanager
+    async def statements(self) -> AsyncIterator[Connection]:
+        """Each statement its own transaction (autocommit), on a writer's slot.
+
+        The order lock a change takes (changes.py) is then held from its
+        statement to that statement's commit, inside the server; in a
+        transaction it is held until the COMMIT this process sends once the
+        event loop gets back to the request. Behind a transaction-mode pooler
+        every unit of work is a transaction (see _pooled_transaction)."""
+        if self._begin is not None:
+            async with self.transaction() as connection:
+                yield connection
+            return
+        held = await self._take_turns(self._slots)
+        try:
+            async with self._connection(write=False) as connection:
+                yield connection
+        finally:
+            self._give_back(held)
+        self.commits.notify()
+
+    @asynccontextmanager
     async def _pooled_transaction(self, connection: _PostgresConnection) -> AsyncIterator[None]:
         """BEGIN and the SET LOCALs in one round trip, then COMMIT (ROLLBACK
         on an error): nothing outlives the transaction, which is all a
