@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import select
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any, cast
 
 import psycopg
@@ -86,9 +86,23 @@ class PostgresDatabase(PooledDatabase):
         self._begin = (
             transaction_settings(settings) if settings.db_pooler is DbPooler.transaction else None
         )
+        # The connections requests hold now (see close()).
+        self._busy: set[psycopg.AsyncConnection[Any]] = set()
 
     async def _close(self, raw: psycopg.AsyncConnection[Any]) -> None:
         await raw.close()
+
+    async def close(self) -> None:
+        """Also cancels, in the server, the statements still running: the
+        requests a shutdown abandoned once its grace ran out (uvicorn has
+        just cancelled them). psycopg cancels them too, but awaiting, and
+        the process is about to exit; a statement of `statements()` that
+        ran on, an UPDATE waiting on a lock say, would commit by itself."""
+        for raw in self._busy:
+            if raw.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+                with suppress(psycopg.Error):  # the server is gone: so is the statement
+                    raw.cancel()  # libpq's blocking cancel request: sent before this returns
+        await super().close()
 
     async def _acquire(self) -> psycopg.AsyncConnection[Any]:
         while (idle := await self._reuse()) is not None:
@@ -116,6 +130,7 @@ class PostgresDatabase(PooledDatabase):
     @asynccontextmanager
     async def _connection(self, *, write: bool) -> AsyncIterator[Connection]:
         connection = _PostgresConnection(await self._acquire(), self.dialect)
+        self._busy.add(connection.raw)
         try:
             if self._begin is not None:
                 async with self._pooled_transaction(connection):
@@ -131,6 +146,7 @@ class PostgresDatabase(PooledDatabase):
                 connection.failed = True  # at BEGIN or COMMIT
                 raise unavailable(error) from error
         finally:
+            self._busy.discard(connection.raw)
             await self._release(connection.raw, connection.failed)
 
     @asynccontextmanager
