@@ -301,10 +301,11 @@ _RANGE_FILTERS = {
 }
 
 # The filters of UserListQuery, each with the condition it adds (a range
-# filter's, of its column's expression: _conditions).
+# filter's, of its column's expression; the name's, of the lowered name as
+# name_search.lowered_name writes it: _conditions).
 _FILTERS: dict[str, Any] = {
     "email": lambda: users.c.email == bindparam("email"),
-    "name": lambda: func.lower(users.c.name).like(bindparam("name", type_=String), escape="\\"),
+    "name": lambda lowered: lowered.like(bindparam("name", type_=String), escape="\\"),
     "min_age": lambda column: column >= bindparam("min_age"),
     "max_age": lambda column: column <= bindparam("max_age"),
     "created_after": lambda column: column > bindparam("created_after"),
@@ -312,16 +313,11 @@ _FILTERS: dict[str, Any] = {
 }
 
 
-def _like_pattern(name: str) -> str:
-    escaped = name.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 def filter_values(query: UserListQuery) -> dict[str, Any]:
     """The values of the filters the query uses, by bind name."""
     values = {name: getattr(query, name) for name in _FILTERS if getattr(query, name) is not None}
     if "name" in values:
-        values["name"] = _like_pattern(values["name"])
+        values["name"] = name_search.like_pattern(values["name"])
     return values
 
 
@@ -337,13 +333,16 @@ def page_values(
 
 
 def _conditions(
-    filters: Sequence[str], unindexed: Collection[str] = ()
+    filters: Sequence[str], unindexed: Collection[str] = (), dialect: str = ""
 ) -> list[ColumnElement[bool]]:
-    """The filters' conditions; a range on a column in `unindexed` tests
-    `+column` (SQLite's unary plus), which no index serves."""
+    """The filters' conditions on `dialect`; a range on a column in
+    `unindexed` tests `+column` (SQLite's unary plus), which no index serves."""
     conditions = []
     for name in filters:
         column_name = _RANGE_FILTERS.get(name)
+        if name == "name":
+            conditions.append(_FILTERS[name](name_search.lowered_name(dialect)))
+            continue
         if column_name is None:
             conditions.append(_FILTERS[name]())
             continue
@@ -370,7 +369,7 @@ def page_statement(
     `search`: the name index's values (name_search.search_values) too;
     `unindexed`: columns whose range filters no index may serve
     (wide_ranges)."""
-    statement = select(user_json(dialect)).where(*_conditions(filters, unindexed))
+    statement = select(user_json(dialect)).where(*_conditions(filters, unindexed, dialect))
     walk = bool(search) and name_search.walks_in_order(dialect, order.field)
     if search and not walk:
         statement = name_search.restrict(statement, dialect, search)
@@ -497,7 +496,7 @@ async def wide_ranges(
 def count_statement(
     filters: Sequence[str], *, dialect: str = "", search: Sequence[str] = ()
 ) -> Select[Any]:
-    statement = select(func.count()).select_from(users).where(*_conditions(filters))
+    statement = select(func.count()).select_from(users).where(*_conditions(filters, (), dialect))
     if search:
         statement = name_search.restrict(statement, dialect, search)
     return statement
@@ -528,10 +527,11 @@ async def list_users(
     (name_search.walks_in_order). Otherwise a name query reads at most
     sum(WINDOWS) users in the page's order first;
     when the page is not full there, a query of three characters or more
-    asks the name index (SQLite, MariaDB; PostgreSQL's planner uses pg_trgm
-    by itself), and a shorter one, which no trigram serves, ends the page at
-    the window's end: it may hold fewer than `limit` users, even none, and
-    still have a next page (docs/api.md).
+    asks the name index (name_search.restrict), as soon as the next window
+    is not likely to fill the page at the rate of matches seen so far
+    (_may_fill), and a shorter one, which no trigram serves, ends the page
+    at the window's end: it may hold fewer than `limit` users, even none,
+    and still have a next page (docs/api.md).
     """
     dialect = connection.dialect.name
     values = filter_values(query)
@@ -550,19 +550,20 @@ async def list_users(
         rows = await _page(connection, values, order, after, query.limit, search=search)
     else:
         rows = []
-        start = after
-        for size in WINDOWS:
+        start, read = after, 0
+        for following, size in enumerate(WINDOWS, start=1):
             end = await _window_end(connection, order, start, size)
             wanted = query.limit - len(rows)
             rows += await _page(connection, values, order, start, wanted, until=end)
+            read += size
             if end is None or len(rows) > query.limit:
                 break
             start = end
-        else:
-            if search:
+            if search and not _may_fill(len(rows), read, WINDOWS[following:], query.limit):
                 rows = await _page(connection, values, order, after, query.limit, search=search)
-            else:
-                resume_after = end
+                break
+        else:
+            resume_after = end
     total = None
     if query.include_total:
         counted = {**values, **search}
@@ -576,6 +577,16 @@ async def list_users(
         total = row[0] if row else 0
     more = len(rows) > query.limit or resume_after is not None
     return Page([row[0] for row in rows[: query.limit]], more, total, resume_after)
+
+
+def _may_fill(found: int, read: int, following: Sequence[int], limit: int) -> bool:
+    """Whether the next window (the first of `following`) may fill the page
+    of `limit` (+ 1) users, when `found` matches came from the `read`
+    users before it: at the same rate, it holds found / read of its users.
+    When it may not, the name index is cheaper than reading the window and
+    then the index all the same (a query that matches a few users or none:
+    `Ada Lovelace` (0.3%) and `zqxj` read 1,000 users, not 5,000)."""
+    return bool(following) and found * following[0] >= (limit + 1 - found) * read
 
 
 async def _page(
