@@ -262,10 +262,10 @@ def _postgresql_plan(engine: Engine, statement: ClauseElement, *disabled: str) -
 def test_the_name_filter_alone_is_never_served_by_the_trigram_index(engine):
     """PostgreSQL: the filter's own LIKE (name_search.lowered_name) is not
     served by the trigram index, so a window's page (crud.list_users) tests
-    the name on the users of the window: left to the planner, it
-    intersected the window with the trigram index, reading every trigram
-    of the query (ten for `Ada Lovelace`) for a few rows, once per window.
-    The index is asked through name_search.restrict only (next test)."""
+    the name on the users of the window: otherwise the planner
+    intersects the window with the trigram index, reading every trigram of
+    the query (ten for `Ada Lovelace`) for a few rows. The index is asked
+    through name_search.restrict only (next test)."""
     if engine.dialect.name != "postgresql":
         pytest.skip("the trigram index on lower(name) is PostgreSQL's")
     values = filter_values(UserListQuery(name="Ada Lovelace"))
