@@ -416,6 +416,33 @@ def page_statement(
 WINDOWS = (1_000, 4_000)
 
 
+def window_page_statement(
+    filters: Sequence[str], order: SortOrder, *, after: bool, dialect: str
+) -> Select[Any]:
+    """The page (one more than `limit` users matching the filters, as JSON)
+    among the `window_size` users after the key in `after_value`,
+    `after_id` (or from the start), in one statement: the window is a
+    derived table (a walk of the sort's index), stopped as soon as the page
+    is full. PostgreSQL's first window: no statement to find the window's
+    end first (page_statement with `until`), which only a second window
+    needs."""
+    window = select(*users.c)
+    if after:
+        key = (
+            bindparam("after_value", type_=users.c[order.field].type),
+            bindparam("after_id", type_=users.c.id.type),
+        )
+        window = window.where(order.after(key, dialect))
+    window = window.order_by(*order.order_by()).limit(bindparam("window_size", type_=Integer))
+    rows = ClauseAdapter(window.subquery("window"))
+    return (
+        select(rows.traverse(user_json(dialect)))
+        .where(*(rows.traverse(condition) for condition in _conditions(filters, (), dialect)))
+        .order_by(*(rows.traverse(column) for column in order.order_by()))
+        .limit(bindparam("limit", type_=Integer))
+    )
+
+
 def window_end_statement(order: SortOrder, *, after: bool, dialect: str) -> Select[Any]:
     """The user `window_skip` + 1 rows after the key in `after_value`,
     `after_id` (or from the start), as JSON: found by walking the sort's
@@ -566,16 +593,26 @@ async def list_users(
         rows = []
         start, read = after, 0
         for following, size in enumerate(WINDOWS, start=1):
-            end = await _window_end(connection, order, start, size)
             wanted = query.limit - len(rows)
-            rows += await _page(connection, values, order, start, wanted, until=end)
+            # PostgreSQL's first window is one statement; its end is looked
+            # up only for a second window.
+            merged = bool(search) and dialect == "postgresql" and not read
+            if merged:
+                rows += await _window_page(connection, values, order, start, wanted, size)
+            else:
+                end = await _window_end(connection, order, start, size)
+                rows += await _page(connection, values, order, start, wanted, until=end)
             read += size
-            if end is None or len(rows) > query.limit:
+            if len(rows) > query.limit or (not merged and end is None):
                 break
-            start = end
             if search and not _may_fill(dialect, len(rows), read, WINDOWS[following:], query.limit):
                 rows = await _page(connection, values, order, after, query.limit, search=search)
                 break
+            if merged:
+                end = await _window_end(connection, order, start, size)
+                if end is None:
+                    break
+            start = end
         else:
             resume_after = end  # no search: a short query
     total = None
@@ -605,6 +642,28 @@ def _may_fill(dialect: str, found: int, read: int, following: Sequence[int], lim
     if dialect != "postgresql":
         return bool(following)
     return bool(following) and found * following[0] >= (limit + 1 - found) * read
+
+
+async def _window_page(
+    connection: Connection,
+    values: Mapping[str, Any],
+    order: SortOrder,
+    after: tuple[Any, uuid.UUID] | None,
+    limit: int,
+    size: int,
+) -> list[Row]:
+    """The rows of one page (one more than `limit`) for the filters'
+    `values` among the `size` users after `after` (window_page_statement)."""
+    dialect = connection.dialect.name
+    filters = tuple(values)
+    statement = compiled(
+        connection,
+        ("window_page", filters, str(order), after is not None),
+        lambda: window_page_statement(filters, order, after=after is not None, dialect=dialect),
+    )
+    params = page_values(values, limit, after)
+    params["window_size"] = size
+    return await connection.all(statement, params)
 
 
 async def _page(

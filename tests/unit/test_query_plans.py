@@ -31,6 +31,7 @@ from users_service.crud import (
     range_probe_statement,
     range_probes,
     window_end_statement,
+    window_page_statement,
 )
 from users_service.crud import page_statement as crud_page_statement
 from users_service.db import name_search
@@ -326,6 +327,23 @@ def test_name_substring_finds_its_candidates_through_the_name_index(engine, name
         trigram_rows = [row for row in plan if row["select_type"] == "DERIVED"]
         assert trigram_rows, shown
         assert all(row["key"] == "PRIMARY" for row in trigram_rows), shown
+
+
+@pytest.mark.parametrize("sort", SORT_VALUES)
+def test_a_first_name_window_in_one_statement_walks_the_sort_index(engine, sort):
+    """PostgreSQL's first window (crud.window_page_statement): the sort's
+    index walked for `window_size` users, no sort, no trigram index."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the first window is one statement on PostgreSQL only")
+    order = SortOrder.parse(sort)
+    values = filter_values(UserListQuery(name="Ada Lovelace"))
+    statement = window_page_statement(
+        tuple(values), order, after=True, dialect="postgresql"
+    ).params(page_values(values, 50, deep_key(engine, order)) | {"window_size": 1_000})
+    assert_index_served(engine, statement)
+    plan = explain(engine, statement)
+    indexes = {node.get("Index Name") for node in _postgresql_nodes(plan[0]["Plan"])}
+    assert "ix_users_name_trgm" not in indexes, json.dumps(plan, indent=1)
 
 
 @pytest.mark.parametrize("sort", SORT_VALUES)
