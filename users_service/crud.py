@@ -39,6 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
+from sqlalchemy.sql.util import ClauseAdapter
 
 from users_service import changes, idempotency
 from users_service.changes import ChangeSource
@@ -320,10 +321,11 @@ _RANGE_FILTERS = {
 }
 
 # The filters of UserListQuery, each with the condition it adds (a range
-# filter's, of its column's expression: _conditions).
+# filter's, of its column's expression; the name's, of the lowered name as
+# name_search.lowered_name writes it: _conditions).
 _FILTERS: dict[str, Any] = {
     "email": lambda: users.c.email == bindparam("email"),
-    "name": lambda: func.lower(users.c.name).like(bindparam("name", type_=String), escape="\\"),
+    "name": lambda lowered: lowered.like(bindparam("name", type_=String), escape="\\"),
     "min_age": lambda column: column >= bindparam("min_age"),
     "max_age": lambda column: column <= bindparam("max_age"),
     "created_after": lambda column: column > bindparam("created_after"),
@@ -331,16 +333,11 @@ _FILTERS: dict[str, Any] = {
 }
 
 
-def _like_pattern(name: str) -> str:
-    escaped = name.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 def filter_values(query: UserListQuery) -> dict[str, Any]:
     """The values of the filters the query uses, by bind name."""
     values = {name: getattr(query, name) for name in _FILTERS if getattr(query, name) is not None}
     if "name" in values:
-        values["name"] = _like_pattern(values["name"])
+        values["name"] = name_search.like_pattern(values["name"])
     return values
 
 
@@ -356,13 +353,16 @@ def page_values(
 
 
 def _conditions(
-    filters: Sequence[str], unindexed: Collection[str] = ()
+    filters: Sequence[str], unindexed: Collection[str] = (), dialect: str = ""
 ) -> list[ColumnElement[bool]]:
-    """The filters' conditions; a range on a column in `unindexed` tests
-    `+column` (SQLite's unary plus), which no index serves."""
+    """The filters' conditions on `dialect`; a range on a column in
+    `unindexed` tests `+column` (SQLite's unary plus), which no index serves."""
     conditions = []
     for name in filters:
         column_name = _RANGE_FILTERS.get(name)
+        if name == "name":
+            conditions.append(_FILTERS[name](name_search.lowered_name(dialect)))
+            continue
         if column_name is None:
             conditions.append(_FILTERS[name]())
             continue
@@ -389,8 +389,15 @@ def page_statement(
     `search`: the name index's values (name_search.search_values) too;
     `unindexed`: columns whose range filters no index may serve
     (wide_ranges)."""
-    statement = select(user_json(dialect)).where(*_conditions(filters, unindexed))
     walk = bool(search) and name_search.walks_in_order(dialect, order.field)
+    # PostgreSQL sorts the name index's finds (all of them: 3,056 for `Ada
+    # Lovelace` at a million users) and renders the JSON of each before the
+    # sort, which it deems cheap: the page's users are rendered after the
+    # limit instead (a derived table), 14 ms instead of 27.5 ms of the
+    # statement's execution, measured there on a loaded machine.
+    late = dialect == "postgresql" and bool(search)
+    columns = users.c if late else [user_json(dialect)]
+    statement = select(*columns).where(*_conditions(filters, unindexed, dialect))
     if search and not walk:
         statement = name_search.restrict(statement, dialect, search)
     if after:
@@ -411,7 +418,13 @@ def page_statement(
         )
     else:
         statement = statement.order_by(*order.order_by())
-    return statement.limit(bindparam("limit", type_=Integer))
+    statement = statement.limit(bindparam("limit", type_=Integer))
+    if late:
+        page = ClauseAdapter(statement.subquery("page"))
+        return select(page.traverse(user_json(dialect))).order_by(
+            *(page.traverse(column) for column in order.order_by())
+        )
+    return statement
 
 
 # A name query is first tried on the users that follow the cursor in the
@@ -420,6 +433,33 @@ def page_statement(
 # match from the index. Measured at a million users in docs/performance.md
 # ("Name search").
 WINDOWS = (1_000, 4_000)
+
+
+def window_page_statement(
+    filters: Sequence[str], order: SortOrder, *, after: bool, dialect: str
+) -> Select[Any]:
+    """The page (one more than `limit` users matching the filters, as JSON)
+    among the `window_size` users after the key in `after_value`,
+    `after_id` (or from the start), in one statement: the window is a
+    derived table (a walk of the sort's index), stopped as soon as the page
+    is full. PostgreSQL's first window: no statement to find the window's
+    end first (page_statement with `until`), which only a second window
+    needs."""
+    window = select(*users.c)
+    if after:
+        key = (
+            bindparam("after_value", type_=users.c[order.field].type),
+            bindparam("after_id", type_=users.c.id.type),
+        )
+        window = window.where(order.after(key, dialect))
+    window = window.order_by(*order.order_by()).limit(bindparam("window_size", type_=Integer))
+    rows = ClauseAdapter(window.subquery("window"))
+    return (
+        select(rows.traverse(user_json(dialect)))
+        .where(*(rows.traverse(condition) for condition in _conditions(filters, (), dialect)))
+        .order_by(*(rows.traverse(column) for column in order.order_by()))
+        .limit(bindparam("limit", type_=Integer))
+    )
 
 
 def window_end_statement(order: SortOrder, *, after: bool, dialect: str) -> Select[Any]:
@@ -516,7 +556,7 @@ async def wide_ranges(
 def count_statement(
     filters: Sequence[str], *, dialect: str = "", search: Sequence[str] = ()
 ) -> Select[Any]:
-    statement = select(func.count()).select_from(users).where(*_conditions(filters))
+    statement = select(func.count()).select_from(users).where(*_conditions(filters, (), dialect))
     if search:
         statement = name_search.restrict(statement, dialect, search)
     return statement
@@ -547,10 +587,11 @@ async def list_users(
     (name_search.walks_in_order). Otherwise a name query reads at most
     sum(WINDOWS) users in the page's order first;
     when the page is not full there, a query of three characters or more
-    asks the name index (SQLite, MariaDB; PostgreSQL's planner uses pg_trgm
-    by itself), and a shorter one, which no trigram serves, ends the page at
-    the window's end: it may hold fewer than `limit` users, even none, and
-    still have a next page (docs/api.md).
+    asks the name index (name_search.restrict), as soon as the next window
+    is not likely to fill the page at the rate of matches seen so far
+    (_may_fill), and a shorter one, which no trigram serves, ends the page
+    at the window's end: it may hold fewer than `limit` users, even none,
+    and still have a next page (docs/api.md).
     """
     dialect = connection.dialect.name
     values = filter_values(query)
@@ -569,19 +610,30 @@ async def list_users(
         rows = await _page(connection, values, order, after, query.limit, search=search)
     else:
         rows = []
-        start = after
-        for size in WINDOWS:
-            end = await _window_end(connection, order, start, size)
+        start, read = after, 0
+        for following, size in enumerate(WINDOWS, start=1):
             wanted = query.limit - len(rows)
-            rows += await _page(connection, values, order, start, wanted, until=end)
-            if end is None or len(rows) > query.limit:
+            # PostgreSQL's first window is one statement; its end is looked
+            # up only for a second window.
+            merged = bool(search) and dialect == "postgresql" and not read
+            if merged:
+                rows += await _window_page(connection, values, order, start, wanted, size)
+            else:
+                end = await _window_end(connection, order, start, size)
+                rows += await _page(connection, values, order, start, wanted, until=end)
+            read += size
+            if len(rows) > query.limit or (not merged and end is None):
                 break
+            if search and not _may_fill(dialect, len(rows), read, WINDOWS[following:], query.limit):
+                rows = await _page(connection, values, order, after, query.limit, search=search)
+                break
+            if merged:
+                end = await _window_end(connection, order, start, size)
+                if end is None:
+                    break
             start = end
         else:
-            if search:
-                rows = await _page(connection, values, order, after, query.limit, search=search)
-            else:
-                resume_after = end
+            resume_after = end  # no search: a short query
     total = None
     if query.include_total:
         counted = {**values, **search}
@@ -595,6 +647,42 @@ async def list_users(
         total = row[0] if row else 0
     more = len(rows) > query.limit or resume_after is not None
     return Page([row[0] for row in rows[: query.limit]], more, total, resume_after)
+
+
+def _may_fill(dialect: str, found: int, read: int, following: Sequence[int], limit: int) -> bool:
+    """Whether a name query with an index reads the next window (the first
+    of `following`) rather than ask the index, `found` matches having come
+    from the `read` users before it. PostgreSQL: when, at that rate, the
+    window may fill the page of `limit` (+ 1) users; when it may not, the
+    index is cheaper than the window and then the index all the same (a
+    query that matches a few users or none reads 1,000 users, not 5,000:
+    docs/performance.md, "Name search"). Elsewhere (not measured there):
+    whenever a window follows."""
+    if dialect != "postgresql":
+        return bool(following)
+    return bool(following) and found * following[0] >= (limit + 1 - found) * read
+
+
+async def _window_page(
+    connection: Connection,
+    values: Mapping[str, Any],
+    order: SortOrder,
+    after: tuple[Any, uuid.UUID] | None,
+    limit: int,
+    size: int,
+) -> list[Row]:
+    """The rows of one page (one more than `limit`) for the filters'
+    `values` among the `size` users after `after` (window_page_statement)."""
+    dialect = connection.dialect.name
+    filters = tuple(values)
+    statement = compiled(
+        connection,
+        ("window_page", filters, str(order), after is not None),
+        lambda: window_page_statement(filters, order, after=after is not None, dialect=dialect),
+    )
+    params = page_values(values, limit, after)
+    params["window_size"] = size
+    return await connection.all(statement, params)
 
 
 async def _page(

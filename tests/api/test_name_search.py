@@ -187,3 +187,17 @@ def test_every_write_keeps_the_name_index_in_step(client, app, tiny_window, tmp_
     # About 23 of the 30 seeded names hold an "a" (at most 10 once in ten
     # million runs): the short query's windows compared more than a few.
     assert len(searched(client, "a")) > 10
+
+
+def test_the_next_window_is_read_only_when_it_may_fill_the_page():
+    """crud._may_fill on PostgreSQL: at the rate of matches seen so far.
+    `Ada Lovelace` (0.3%) finds about 3 of the first 1,000 users: 4,000
+    more would hold about 12 of the 48 still wanted, so the index is asked
+    at once. Elsewhere every window is read."""
+    assert not crud._may_fill("postgresql", 3, 1_000, (4_000,), 50)
+    assert not crud._may_fill("postgresql", 0, 1_000, (4_000,), 50)
+    assert crud._may_fill("postgresql", 11, 1_000, (4_000,), 50)  # 44 expected, 40 wanted
+    assert not crud._may_fill("postgresql", 10, 1_000, (4_000,), 50)  # 40 expected, 41 wanted
+    assert not crud._may_fill("postgresql", 40, 5_000, (), 50)  # no window left
+    assert crud._may_fill("sqlite", 0, 1_000, (4_000,), 50)
+    assert not crud._may_fill("sqlite", 0, 5_000, (), 50)

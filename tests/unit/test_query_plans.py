@@ -31,6 +31,7 @@ from users_service.crud import (
     range_probe_statement,
     range_probes,
     window_end_statement,
+    window_page_statement,
 )
 from users_service.crud import page_statement as crud_page_statement
 from users_service.db import name_search
@@ -116,10 +117,11 @@ def assert_index_served(
         assert index in used, shown
 
 
-def deep_key(engine: Engine, order: SortOrder) -> tuple[Any, uuid.UUID]:
+def deep_key(engine: Engine, order: SortOrder, rows: int = DEEP) -> tuple[Any, uuid.UUID]:
+    """The key of the user `rows` users in, in `order`."""
     with engine.connect() as connection:
         row = connection.execute(
-            select(users).order_by(*order.order_by()).offset(DEEP).limit(1)
+            select(users).order_by(*order.order_by()).offset(rows).limit(1)
         ).one()
     return getattr(row, order.field), row.id
 
@@ -247,29 +249,39 @@ def test_created_range_uses_the_created_at_index(engine):
     assert_index_served(engine, statement, index="ix_users_created_at_id")
 
 
-def test_name_substring_can_be_served_by_the_trigram_index_on_postgresql(engine):
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the trigram index exists on PostgreSQL only")
+def _postgresql_plan(engine: Engine, statement: ClauseElement, *disabled: str) -> Any:
+    """PostgreSQL: the plan of `statement` with the `disabled` plan types
+    (`seqscan`, `indexscan`, ...) forbidden, to see which indexes can serve
+    it (on a table this small, a full scan is cheaper)."""
+    sql = statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
     with engine.connect() as connection:
-        # On a table this small a full scan is cheaper; forbid it to see
-        # whether the index can serve the substring at all.
-        connection.exec_driver_sql("SET enable_seqscan = off")
-        query = UserListQuery(name="zqxj")
-        statement = count_statement(tuple(filter_values(query))).params(filter_values(query))
-        sql = statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
-        plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}").scalar_one()
-    index_names = {node.get("Index Name") for node in _postgresql_nodes(plan[0]["Plan"])}
-    assert "ix_users_name_trgm" in index_names, json.dumps(plan, indent=1)
+        for kind in disabled:
+            connection.exec_driver_sql(f"SET enable_{kind} = off")
+        return connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}").scalar_one()
+
+
+def test_the_name_filter_alone_is_never_served_by_the_trigram_index(engine):
+    """PostgreSQL: the filter's own LIKE (name_search.lowered_name) is not
+    served by the trigram index, so a window's page (crud.list_users) tests
+    the name on the users of the window: otherwise the planner
+    intersects the window with the trigram index, reading every trigram of
+    the query (ten for `Ada Lovelace`) for a few rows. The index is asked
+    through name_search.restrict only (next test)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the trigram index on lower(name) is PostgreSQL's")
+    values = filter_values(UserListQuery(name="Ada Lovelace"))
+    statement = count_statement(tuple(values), dialect="postgresql").params(values)
+    plan = _postgresql_plan(engine, statement, "seqscan")
+    indexes = {node.get("Index Name") for node in _postgresql_nodes(plan[0]["Plan"])}
+    assert "ix_users_name_trgm" not in indexes, json.dumps(plan, indent=1)
 
 
 @pytest.mark.parametrize("sort", ["created_at", "-name"])
 @pytest.mark.parametrize("name", ["Ada Lovelace", "zqxj"])
 def test_name_substring_finds_its_candidates_through_the_name_index(engine, name, sort):
-    """SQLite and MariaDB: the users come from the name index (then the
-    LIKE test), never from a walk of the table."""
+    """The users come from the name index (then the LIKE test), never from
+    a walk of the table."""
     dialect = engine.dialect.name
-    if not name_search.has_index(dialect):
-        pytest.skip("PostgreSQL's planner picks pg_trgm itself (test above)")
     values = filter_values(UserListQuery(name=name))
     search = name_search.search_values(dialect, name)
     order = SortOrder.parse(sort)
@@ -278,7 +290,20 @@ def test_name_substring_finds_its_candidates_through_the_name_index(engine, name
     ).params(page_values({**values, **search}, 50, None))
     plan = explain(engine, statement)
     shown = json.dumps(plan, default=str, indent=1)
-    if dialect == "sqlite":
+    if dialect == "postgresql":
+        # The trigram index is asked for the query's first and last
+        # trigrams only; the whole query is the LIKE test of what it finds.
+        plan = _postgresql_plan(engine, statement, "seqscan")
+        shown = json.dumps(plan, indent=1)
+        [scan] = [
+            node
+            for node in _postgresql_nodes(plan[0]["Plan"])
+            if node.get("Index Name") == "ix_users_name_trgm"
+        ]
+        for pattern in search.values():
+            assert f"'{pattern}'" in scan["Index Cond"], shown
+        assert f"'{values['name']}'" not in scan["Index Cond"], shown
+    elif dialect == "sqlite":
         assert any("users_name_fts VIRTUAL TABLE INDEX 0:M" in step for step in plan), shown
         assert "SEARCH users USING INTEGER PRIMARY KEY (rowid=?)" in plan, shown
         assert not any(step.startswith("SCAN users ") for step in plan), shown
@@ -302,6 +327,23 @@ def test_name_substring_finds_its_candidates_through_the_name_index(engine, name
         trigram_rows = [row for row in plan if row["select_type"] == "DERIVED"]
         assert trigram_rows, shown
         assert all(row["key"] == "PRIMARY" for row in trigram_rows), shown
+
+
+@pytest.mark.parametrize("sort", SORT_VALUES)
+def test_a_first_name_window_in_one_statement_walks_the_sort_index(engine, sort):
+    """PostgreSQL's first window (crud.window_page_statement): the sort's
+    index walked for `window_size` users, no sort, no trigram index."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the first window is one statement on PostgreSQL only")
+    order = SortOrder.parse(sort)
+    values = filter_values(UserListQuery(name="Ada Lovelace"))
+    statement = window_page_statement(
+        tuple(values), order, after=True, dialect="postgresql"
+    ).params(page_values(values, 50, deep_key(engine, order)) | {"window_size": 1_000})
+    assert_index_served(engine, statement)
+    plan = explain(engine, statement)
+    indexes = {node.get("Index Name") for node in _postgresql_nodes(plan[0]["Plan"])}
+    assert "ix_users_name_trgm" not in indexes, json.dumps(plan, indent=1)
 
 
 @pytest.mark.parametrize("sort", SORT_VALUES)
