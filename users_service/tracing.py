@@ -24,8 +24,8 @@ where SQLAlchemy's instrumentation would see none of them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -125,6 +125,7 @@ class Tracing:
     def trace_database(self, database: Database) -> None:
         """Wrap the connections `database` hands out: a span per statement."""
         read, transaction = database.read, database.transaction
+        statements = database.statements
         system = database.engine.url.get_backend_name()  # mariadb, not mysql
         tracer, kind = self.tracer, self.client
 
@@ -133,13 +134,20 @@ class Tracing:
             async with read(heavy=heavy) as connection:
                 yield TracedConnection(connection, tracer, kind, system)
 
-        @asynccontextmanager
-        async def traced_transaction() -> AsyncIterator[Connection]:
-            async with transaction() as connection:
-                yield TracedConnection(connection, tracer, kind, system)
+        def traced(writes: Callable[[], AbstractAsyncContextManager[Connection]]) -> Any:
+            @asynccontextmanager
+            async def traced_writes() -> AsyncIterator[Connection]:
+                async with writes() as connection:
+                    if isinstance(connection, TracedConnection):  # statements() as transaction()
+                        yield connection
+                    else:
+                        yield TracedConnection(connection, tracer, kind, system)
+
+            return traced_writes
 
         database.read = traced_read  # type: ignore[method-assign]
-        database.transaction = traced_transaction  # type: ignore[method-assign]
+        database.transaction = traced(transaction)  # type: ignore[method-assign]
+        database.statements = traced(statements)  # type: ignore[method-assign]
 
 
 class TracingMiddleware:

@@ -266,11 +266,16 @@ class PooledDatabase(Database):
         finally:
             self._give_back(held)
 
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        return self._writes(in_transaction=True)
+
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Connection]:
+    async def _writes(self, *, in_transaction: bool) -> AsyncIterator[Connection]:
+        """A connection for writes (a writer's slot), in a transaction or
+        (`statements()` where the driver allows) each statement its own."""
         held = await self._take_turns(self._slots)
         try:
-            async with self._connection(write=True) as connection:
+            async with self._connection(write=in_transaction) as connection:
                 yield connection
         finally:
             self._give_back(held)

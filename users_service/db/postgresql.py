@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import select
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any, cast
 
 import psycopg
@@ -149,8 +149,7 @@ class PostgresDatabase(PooledDatabase):
             self._busy.discard(connection.raw)
             await self._release(connection.raw, connection.failed)
 
-    @asynccontextmanager
-    async def statements(self) -> AsyncIterator[Connection]:
+    def statements(self) -> AbstractAsyncContextManager[Connection]:
         """Each statement its own transaction (autocommit), on a writer's slot.
 
         The order lock a change takes (changes.py) is then held from its
@@ -159,16 +158,8 @@ class PostgresDatabase(PooledDatabase):
         event loop gets back to the request. Behind a transaction-mode pooler
         every unit of work is a transaction (see _pooled_transaction)."""
         if self._begin is not None:
-            async with self.transaction() as connection:
-                yield connection
-            return
-        held = await self._take_turns(self._slots)
-        try:
-            async with self._connection(write=False) as connection:
-                yield connection
-        finally:
-            self._give_back(held)
-        self.commits.notify()
+            return self.transaction()
+        return self._writes(in_transaction=False)
 
     @asynccontextmanager
     async def _pooled_transaction(self, connection: _PostgresConnection) -> AsyncIterator[None]:
