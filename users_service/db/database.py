@@ -210,8 +210,9 @@ class PooledDatabase(Database):
         free = self._slots._value if self._slots is not None else self._size
         return self._size - free, len(self._idle)
 
-    def _connection(self, *, write: bool) -> AbstractAsyncContextManager[Connection]:
-        """A connection of the pool (in a transaction when `write`)."""
+    def _connection(self, *, in_transaction: bool) -> AbstractAsyncContextManager[Connection]:
+        """A connection of the pool, in a transaction when `in_transaction`
+        (else each statement commits by itself)."""
         raise NotImplementedError
 
     async def _close(self, raw: Any) -> None:
@@ -261,7 +262,7 @@ class PooledDatabase(Database):
     async def read(self, *, heavy: bool = False) -> AsyncIterator[Connection]:
         held = await self._take_turns(self._heavy_turn(heavy), self._read_slots, self._slots)
         try:
-            async with self._connection(write=False) as connection:
+            async with self._connection(in_transaction=False) as connection:
                 yield connection
         finally:
             self._give_back(held)
@@ -275,7 +276,7 @@ class PooledDatabase(Database):
         (`statements()` where the driver allows) each statement its own."""
         held = await self._take_turns(self._slots)
         try:
-            async with self._connection(write=in_transaction) as connection:
+            async with self._connection(in_transaction=in_transaction) as connection:
                 yield connection
         finally:
             self._give_back(held)

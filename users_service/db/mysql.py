@@ -55,14 +55,14 @@ class MySQLDatabase(PooledDatabase):
             raise unavailable(error) from error
 
     @asynccontextmanager
-    async def _connection(self, *, write: bool) -> AsyncIterator[Connection]:
+    async def _connection(self, *, in_transaction: bool) -> AsyncIterator[Connection]:
         fairy = await self._acquire()
         connection = ThreadedConnection(
             fairy.dbapi_connection, self.dialect, pymysql.err.IntegrityError, _UNAVAILABLE
         )
         try:
             yield connection
-            if write:
+            if in_transaction:
                 try:
                     await anyio.to_thread.run_sync(connection.raw.commit)
                 except _UNAVAILABLE as error:

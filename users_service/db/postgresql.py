@@ -128,7 +128,7 @@ class PostgresDatabase(PooledDatabase):
             await self._keep(raw)
 
     @asynccontextmanager
-    async def _connection(self, *, write: bool) -> AsyncIterator[Connection]:
+    async def _connection(self, *, in_transaction: bool) -> AsyncIterator[Connection]:
         connection = _PostgresConnection(await self._acquire(), self.dialect)
         self._busy.add(connection.raw)
         try:
@@ -136,7 +136,7 @@ class PostgresDatabase(PooledDatabase):
                 async with self._pooled_transaction(connection):
                     yield connection
                 return
-            if not write:
+            if not in_transaction:
                 yield connection
                 return
             try:
