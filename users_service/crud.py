@@ -656,9 +656,11 @@ def _may_fill(dialect: str, found: int, read: int, following: Sequence[int], lim
     window may fill the page of `limit` (+ 1) users; when it may not, the
     index is cheaper than the window and then the index all the same (a
     query that matches a few users or none reads 1,000 users, not 5,000:
-    docs/performance.md, "Name search"). Elsewhere (not measured there):
-    whenever a window follows."""
-    if dialect != "postgresql":
+    docs/performance.md, "Name search"). SQLite likewise. MariaDB (not
+    measured there; it reads each window's users by their random id, and a
+    common trigram's holders cost it more than the windows): whenever a
+    window follows."""
+    if dialect not in ("postgresql", "sqlite"):
         return bool(following)
     return bool(following) and found * following[0] >= (limit + 1 - found) * read
 
