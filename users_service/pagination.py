@@ -18,8 +18,8 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, or_, tuple_
-from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy import Column, ColumnElement, and_, literal, or_, tuple_
+from sqlalchemy.sql.elements import ClauseElement, UnaryExpression
 
 from users_service.db.rendering import as_utc
 from users_service.models import has_forbidden_characters, users
@@ -33,6 +33,17 @@ UNIQUE_SORT_FIELDS = frozenset({"email"})
 
 class InvalidCursor(ValueError):
     pass
+
+
+def _typed_key(key: tuple[Any, Any], column: Column[Any]) -> ColumnElement[Any]:
+    """A (value, id) key as a row value bound with the columns' own types:
+    SQLite keeps ids and timestamps in its own forms (models.Timestamp,
+    models.DashedUuid), which a bare Python value's type would not."""
+
+    def bound(value: Any, of: Column[Any]) -> Any:
+        return value if isinstance(value, ClauseElement) else literal(value, type_=of.type)
+
+    return tuple_(bound(key[0], column), bound(key[1], users.c.id))
 
 
 @dataclass(frozen=True)
@@ -69,8 +80,8 @@ class SortOrder:
                 return and_(column <= value, or_(column < value, id_column < last_id))
             return and_(column >= value, or_(column > value, id_column > last_id))
         if self.descending:
-            return tuple_(column, id_column) < tuple_(value, last_id)
-        return tuple_(column, id_column) > tuple_(value, last_id)
+            return tuple_(column, id_column) < _typed_key(key, column)
+        return tuple_(column, id_column) > _typed_key(key, column)
 
     def up_to(self, key: tuple[Any, Any], dialect: str) -> ColumnElement[bool]:
         """Rows that come before `key` in this order, or are its row."""
@@ -84,8 +95,8 @@ class SortOrder:
                 return and_(column >= value, or_(column > value, id_column >= last_id))
             return and_(column <= value, or_(column < value, id_column <= last_id))
         if self.descending:
-            return tuple_(column, id_column) >= tuple_(value, last_id)
-        return tuple_(column, id_column) <= tuple_(value, last_id)
+            return tuple_(column, id_column) >= _typed_key(key, column)
+        return tuple_(column, id_column) <= _typed_key(key, column)
 
     def key_of(self, user: dict[str, Any]) -> tuple[Any, uuid.UUID]:
         """The sort key of a user as the API shows it (a dict of its JSON)."""

@@ -540,7 +540,7 @@ def check_records(
 @cache
 def sqlite_ledger_params() -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     """A ledger row as SQLite's driver takes it, made by SQLAlchemy's own
-    bind processors (UUIDs as hex, timestamps as text): done where rows
+    bind processors (ids and timestamps as SQLite stores them): done where rows
     are checked, the writing process hands batches to the driver as they are."""
     dialect = sqlite.dialect()
     processors = [

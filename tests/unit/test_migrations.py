@@ -217,3 +217,104 @@ def stored_answer(key: str, endpoint: str, status: int | None, body: Any) -> dic
         "headers": "{}",
         "body": json.dumps(body).encode(),
     }
+
+
+BEFORE_STORED_FORMS = "e4b7c19a2d63"
+OLD_FORM_USERS = [
+    # (id as 32 hex digits, name, created_at as SQLite kept it before)
+    ("0a1b2c3d4e5f40718293a4b5c6d7e8f9", "Ada Lovelace", "2026-01-02 03:04:05.000006"),
+    ("ffeeddccbbaa49887766554433221100", "Grace Hopper", "2026-01-02 03:04:05.123456"),
+]
+
+
+def test_sqlite_ids_and_timestamps_move_to_the_api_form_and_back(tmp_path: Path) -> None:
+    """Revision 9d3e6f1a2b7c rewrites SQLite's ids (dashed) and timestamps
+    ('T', 'Z') in every table; the copies keep the name index, the change
+    log's counter above a pruned seq, and the links' cascade and primary
+    key table; its downgrade restores the old forms exactly."""
+    url = create_fresh_database("sqlite", tmp_path, "_mig_forms")
+    upgrade(url, BEFORE_STORED_FORMS)
+    with engine_for(url) as engine, engine.begin() as connection:
+        for user_id, name, created in OLD_FORM_USERS:
+            connection.execute(
+                text(
+                    "INSERT INTO users (id, name, email, age, created_at, updated_at, version) "
+                    "VALUES (:id, :name, :email, 30, :at, :at, 1)"
+                ),
+                {"id": user_id, "name": name, "email": f"{user_id}@example.com", "at": created},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO user_changes (action, user_id, version, at, caller, request_id, "
+                    "changed, user) VALUES ('create', :id, 1, :at, 'c', 'r', '[]', NULL)"
+                ),
+                {"id": user_id, "at": created},
+            )
+        connection.execute(text("DELETE FROM user_changes WHERE seq = 2"))  # retention
+        connection.execute(
+            text(
+                "INSERT INTO idempotency_keys (caller, endpoint, key, request_hash, created_at) "
+                "VALUES ('c', 'POST /users', 'k', :hash, :at)"
+            ),
+            {"hash": "0" * 64, "at": OLD_FORM_USERS[0][2]},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO idempotency_key_users (user_id, caller, endpoint, key) "
+                "VALUES (:id, 'c', 'POST /users', 'k')"
+            ),
+            {"id": OLD_FORM_USERS[0][0]},
+        )
+    before = _stored_rows(url)
+
+    migrate(url)
+
+    with engine_for(url) as engine, engine.begin() as connection:
+        stored = connection.execute(text("SELECT id, created_at FROM users ORDER BY id")).all()
+        assert stored == [
+            (str(uuid.UUID(user_id)), created.replace(" ", "T") + "Z")
+            for user_id, _, created in OLD_FORM_USERS
+        ]
+        assert connection.execute(text("SELECT user_id, at FROM user_changes")).all() == [
+            (str(uuid.UUID(OLD_FORM_USERS[0][0])), OLD_FORM_USERS[0][2].replace(" ", "T") + "Z")
+        ]
+        assert connection.execute(text("SELECT created_at FROM idempotency_keys")).scalar() == (
+            OLD_FORM_USERS[0][2].replace(" ", "T") + "Z"
+        )
+        found = connection.execute(
+            text(
+                "SELECT users.name FROM users_name_fts JOIN users "
+                "ON users.rowid = users_name_fts.rowid WHERE users_name_fts MATCH 'hopper'"
+            )
+        ).all()
+        assert found == [("Grace Hopper",)]
+        # The counter stayed above the pruned seq 2: the next change is 3.
+        connection.execute(
+            text(
+                "INSERT INTO user_changes (action, user_id, version, at, caller, request_id, "
+                "changed) VALUES ('delete', :id, 2, :at, 'c', 'r', '[]')"
+            ),
+            {"id": stored[0][0], "at": stored[0][1]},
+        )
+        assert connection.execute(text("SELECT max(seq) FROM user_changes")).scalar() == 3
+        connection.execute(text("DELETE FROM user_changes WHERE seq = 3"))
+        links = connection.execute(
+            text("SELECT sql FROM sqlite_master WHERE name = 'idempotency_key_users'")
+        ).scalar()
+        assert "WITHOUT ROWID" in str(links)
+        assert inspect(connection).get_foreign_keys("idempotency_key_users")[0]["options"] == {
+            "ondelete": "CASCADE"
+        }
+    check(url)
+
+    downgrade(url, BEFORE_STORED_FORMS)
+
+    assert _stored_rows(url) == before
+
+
+def _stored_rows(url: str) -> dict[str, list[Any]]:
+    with engine_for(url) as engine, engine.connect() as connection:
+        return {
+            table_name: list(connection.execute(text(f"SELECT * FROM {table_name} ORDER BY 1, 2")))
+            for table_name in ("users", "user_changes", "idempotency_keys", "idempotency_key_users")
+        }

@@ -40,7 +40,9 @@ def as_utc(value: datetime) -> datetime:
 def _uuid_text(column: Column[Any], dialect: str) -> ColumnElement[Any]:
     if dialect == "postgresql":
         return cast(column, Text)
-    # SQLite and MariaDB keep 32 hex digits: put the dashes in.
+    if dialect == "sqlite":  # stored dashed (models.DashedUuid)
+        return column
+    # MariaDB keeps 32 hex digits: put the dashes in.
     parts = [func.substr(column, start, length) for start, length in _UUID_GROUPS]
     joined: ColumnElement[Any] = parts[0]
     for part in parts[1:]:
@@ -54,8 +56,8 @@ def _timestamp_text(column: Column[Any], dialect: str) -> ColumnElement[Any]:
             func.timezone(literal_column("'UTC'"), column),
             literal_column("""'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""),
         )
-    if dialect == "sqlite":  # stored as text: 'YYYY-MM-DD HH:MM:SS.ffffff'
-        return func.replace(column, literal_column("' '"), literal_column("'T'")).concat("Z")
+    if dialect == "sqlite":  # stored in this form (models.Timestamp)
+        return column
     return func.date_format(column, "%Y-%m-%dT%H:%i:%s.%fZ")
 
 
