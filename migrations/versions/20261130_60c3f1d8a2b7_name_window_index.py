@@ -6,9 +6,10 @@ one or two characters (no trigram) tests the users of its windows, 1,000
 then 4,000 users in the default order (crud.WINDOWS); through
 `ix_users_created_at_id` MariaDB reads each of them by its random id to
 test the name, 12.8 ms for the 4,000-user window at a million users. With
-this index forced (name_search.window_index) the names are tested in the
-index (index condition pushdown) and only the matches are read: 0.9 ms
-(docs/performance.md, "Name search"). Built in 1.5 s at a million users.
+this index forced (name_search.window_index) the window's keys are found
+and their names tested in the index alone, and only the matches are read:
+1.2 ms (docs/performance.md, "Short name queries on MariaDB"). Built in
+1.5-2.6 s at a million users.
 
 Left out of autogenerate (models.MARIADB_ONLY_INDEXES, migrations/env.py):
 the model declares the indexes every database has.
