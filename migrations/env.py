@@ -27,8 +27,10 @@ def include_object(
     obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
 ) -> bool:
     """Leave the hand-made objects out of autogenerate: the PostgreSQL-only
-    indexes and the name search tables of SQLite and MariaDB."""
-    if type_ == "index" and name in models.POSTGRESQL_ONLY_INDEXES:
+    and MariaDB-only indexes and the name search tables of SQLite and
+    MariaDB."""
+    hand_made = models.POSTGRESQL_ONLY_INDEXES | models.MARIADB_ONLY_INDEXES
+    if type_ == "index" and name in hand_made:
         return False
     return not (type_ == "table" and name in models.NAME_SEARCH_TABLES)
 

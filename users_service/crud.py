@@ -385,11 +385,14 @@ def page_statement(
 ) -> Select[Any]:
     """The SELECT for one page: the users as JSON, one more than `limit` (to
     see whether more follow), from the key in `after_value`, `after_id`;
-    `until`: up to the key in `until_value`, `until_id` (a window's end);
+    `until`: up to the key in `until_value`, `until_id` (a window's end;
+    on MariaDB, a short name query's matches found in the window index
+    first: name_search.window_index);
     `search`: the name index's values (name_search.search_values) too;
     `unindexed`: columns whose range filters no index may serve
     (wide_ranges)."""
     walk = bool(search) and name_search.walks_in_order(dialect, order.field)
+    window_index = name_search.window_index(dialect, order.field, filters) if until else None
     # PostgreSQL sorts the name index's finds (all of them: 3,056 for `Ada
     # Lovelace` at a million users) and renders the JSON of each before the
     # sort, which it deems cheap: the page's users are rendered after the
@@ -397,6 +400,8 @@ def page_statement(
     # statement's execution, measured there on a loaded machine.
     late = dialect == "postgresql" and bool(search)
     columns = users.c if late else [user_json(dialect)]
+    if window_index is not None:
+        columns = [users.c[order.field], users.c.id]
     statement = select(*columns).where(*_conditions(filters, unindexed, dialect))
     if search and not walk:
         statement = name_search.restrict(statement, dialect, search)
@@ -419,6 +424,12 @@ def page_statement(
     else:
         statement = statement.order_by(*order.order_by())
     statement = statement.limit(bindparam("limit", type_=Integer))
+    if window_index is not None:
+        return name_search.read_found(
+            statement.with_hint(users, f"FORCE INDEX ({window_index})", dialect),
+            dialect,
+            descending=order.descending,
+        )
     if late:
         page = ClauseAdapter(statement.subquery("page"))
         return select(page.traverse(user_json(dialect))).order_by(

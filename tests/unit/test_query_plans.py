@@ -37,7 +37,13 @@ from users_service.crud import page_statement as crud_page_statement
 from users_service.db import name_search
 from users_service.db.engine import create_db_engine
 from users_service.idempotency import _answers_with as answers_with
-from users_service.models import UserListQuery, idempotency_key_users, idempotency_keys, users
+from users_service.models import (
+    NAME_WINDOW_INDEX,
+    UserListQuery,
+    idempotency_key_users,
+    idempotency_keys,
+    users,
+)
 from users_service.pagination import SORT_VALUES, SortOrder
 from users_service.seed import seed_users
 from users_service.settings import load_settings
@@ -353,6 +359,63 @@ def test_name_window_end_walks_the_sort_index(engine, sort):
         page_values({}, 0, deep_key(engine, order)) | {"window_skip": 4999}
     )
     assert_index_served(engine, statement)
+
+
+def short_name_window(engine: Engine, sort: str, query: UserListQuery) -> Select[Any]:
+    """The page of a window of 4,000 users (crud.list_users, a name query of
+    one or two characters) 10,000 users in, as the API runs it."""
+    order = SortOrder.parse(sort)
+    start, end = deep_key(engine, order), deep_key(engine, order, DEEP + 4_000)
+    values = filter_values(query)
+    statement = crud_page_statement(
+        tuple(values), order, after=True, dialect=engine.dialect.name, until=True
+    )
+    params = page_values(values, query.limit, start)
+    params["until_value"], params["until_id"] = end
+    return statement.params(params)
+
+
+@pytest.mark.parametrize("sort", ["created_at", "-created_at"])
+def test_a_short_name_window_tests_the_names_in_the_window_index(engine, sort):
+    """MariaDB: a name query of one or two characters in the default order
+    finds the matches of its window in NAME_WINDOW_INDEX (created_at, id,
+    name) alone, then reads those users by id: not every user of the
+    window by its random id (name_search.window_index)."""
+    dialect = engine.dialect.name
+    if dialect not in ("mysql", "mariadb"):
+        pytest.skip("the window index is MariaDB's")
+    statement = short_name_window(engine, sort, UserListQuery(name="x"))
+    plan = explain(engine, statement)
+    shown = json.dumps(plan, default=str, indent=1)
+    [derived] = [row for row in plan if row["select_type"] == "DERIVED"]
+    assert derived["key"] == NAME_WINDOW_INDEX, shown
+    assert "Using index" in (derived["Extra"] or ""), shown
+    [users_row] = [row for row in plan if row["table"] == "users" and row is not derived]
+    assert (users_row["type"], users_row["key"]) == ("eq_ref", "PRIMARY"), shown
+    assert plan[0]["table"].startswith("<derived"), shown
+
+
+@pytest.mark.parametrize("sort", ["created_at", "-created_at"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        UserListQuery(name="a", limit=10),
+        UserListQuery(name="Ov", limit=500),
+        UserListQuery(name="x"),
+        UserListQuery(name="e", created_after=datetime(2000, 1, 1, tzinfo=UTC), limit=7),
+    ],
+    ids=["many", "few", "none", "with a range"],
+)
+def test_a_short_name_window_returns_the_plain_statements_page(engine, monkeypatch, sort, query):
+    """The window index changes the plan, not the rows."""
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        pytest.skip("the window index is MariaDB's")
+    with engine.connect() as connection:
+        indexed = connection.execute(short_name_window(engine, sort, query)).all()
+        monkeypatch.setattr(name_search, "window_index", lambda *_: None)
+        plain = connection.execute(short_name_window(engine, sort, query)).all()
+    assert len(indexed) <= query.limit + 1
+    assert indexed == plain
 
 
 # --- erasure: the answers that show a deleted user -------------------------------------------
