@@ -18,7 +18,7 @@ SQLite and PostgreSQL: nothing to do (they read a window's users at 3-8 ms
 at a million users, docs/performance.md).
 
 Revision ID: 60c3f1d8a2b7
-Revises: e4b7c19a2d63
+Revises: 9d3e6f1a2b7c
 Create Date: 2026-11-30 18:40:00.000000
 """
 
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = '60c3f1d8a2b7'
-down_revision: str | None = 'e4b7c19a2d63'
+down_revision: str | None = '9d3e6f1a2b7c'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
