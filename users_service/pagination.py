@@ -18,8 +18,8 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Column, ColumnElement, and_, literal, or_, tuple_
-from sqlalchemy.sql.elements import ClauseElement, UnaryExpression
+from sqlalchemy import ColumnElement, and_, or_, tuple_
+from sqlalchemy.sql.elements import UnaryExpression
 
 from users_service.db.rendering import as_utc
 from users_service.models import has_forbidden_characters, users
@@ -33,17 +33,6 @@ UNIQUE_SORT_FIELDS = frozenset({"email"})
 
 class InvalidCursor(ValueError):
     pass
-
-
-def _typed_key(key: tuple[Any, Any], column: Column[Any]) -> ColumnElement[Any]:
-    """A (value, id) key as a row value bound with the columns' own types:
-    SQLite keeps ids and timestamps in its own forms (models.Timestamp,
-    models.DashedUuid), which a bare Python value's type would not."""
-
-    def bound(value: Any, of: Column[Any]) -> Any:
-        return value if isinstance(value, ClauseElement) else literal(value, type_=of.type)
-
-    return tuple_(bound(key[0], column), bound(key[1], users.c.id))
 
 
 @dataclass(frozen=True)
@@ -67,6 +56,12 @@ class SortOrder:
             columns.append(users.c.id)
         return [column.desc() if self.descending else column.asc() for column in columns]
 
+    def _key_row(self, key: tuple[Any, Any]) -> ColumnElement[Any]:
+        """`key` as a row value bound with its columns' types (SQLite stores
+        ids and timestamps in forms of its own: models.DashedUuid,
+        models.Timestamp, not what a Python value's own type would bind)."""
+        return tuple_(*key, types=[users.c[self.field].type, users.c.id.type])
+
     def after(self, key: tuple[Any, Any], dialect: str) -> ColumnElement[bool]:
         """Rows that come after `key` in this order (ties broken by id)."""
         column, id_column = users.c[self.field], users.c.id
@@ -80,8 +75,8 @@ class SortOrder:
                 return and_(column <= value, or_(column < value, id_column < last_id))
             return and_(column >= value, or_(column > value, id_column > last_id))
         if self.descending:
-            return tuple_(column, id_column) < _typed_key(key, column)
-        return tuple_(column, id_column) > _typed_key(key, column)
+            return tuple_(column, id_column) < self._key_row(key)
+        return tuple_(column, id_column) > self._key_row(key)
 
     def up_to(self, key: tuple[Any, Any], dialect: str) -> ColumnElement[bool]:
         """Rows that come before `key` in this order, or are its row."""
@@ -95,8 +90,8 @@ class SortOrder:
                 return and_(column >= value, or_(column > value, id_column >= last_id))
             return and_(column <= value, or_(column < value, id_column <= last_id))
         if self.descending:
-            return tuple_(column, id_column) >= _typed_key(key, column)
-        return tuple_(column, id_column) <= _typed_key(key, column)
+            return tuple_(column, id_column) >= self._key_row(key)
+        return tuple_(column, id_column) <= self._key_row(key)
 
     def key_of(self, user: dict[str, Any]) -> tuple[Any, uuid.UUID]:
         """The sort key of a user as the API shows it (a dict of its JSON)."""

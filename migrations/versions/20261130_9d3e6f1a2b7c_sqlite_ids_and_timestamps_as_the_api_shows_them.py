@@ -21,7 +21,7 @@ Revises: e4b7c19a2d63
 Create Date: 2026-11-30 18:30:00.000000
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from alembic import op
@@ -80,7 +80,10 @@ _TABLES: tuple[tuple[str, tuple[str, ...], tuple[str, ...], dict[str, bool]], ..
 
 
 def _convert(
-    id_form: str, time_form: str, id_type: sa.types.TypeEngine[str], old_id_type: sa.types.TypeEngine[str]
+    to_id: Callable[[str], str],
+    to_time: Callable[[str], str],
+    id_type: sa.types.TypeEngine[str],
+    old_id_type: sa.types.TypeEngine[str],
 ) -> None:
     if op.get_bind().dialect.name != "sqlite":
         return
@@ -91,8 +94,7 @@ def _convert(
         sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'user_changes'")
     ).scalar()
     for table, ids, times, options in _TABLES:
-        forms = [f"{c} = {_dashed(c) if id_form == 'dashed' else _undashed(c)}" for c in ids]
-        forms += [f"{c} = {_api_time(c) if time_form == 'api' else _plain_time(c)}" for c in times]
+        forms = [f"{c} = {to_id(c)}" for c in ids] + [f"{c} = {to_time(c)}" for c in times]
         op.execute(f"UPDATE {table} SET {', '.join(forms)}")
         if ids:
             with op.batch_alter_table(table, recreate="always", table_kwargs=options) as batch:
@@ -109,8 +111,8 @@ def _convert(
 
 
 def upgrade() -> None:
-    _convert("dashed", "api", sa.CHAR(36), sa.CHAR(32))
+    _convert(_dashed, _api_time, sa.CHAR(36), sa.CHAR(32))
 
 
 def downgrade() -> None:
-    _convert("hex", "plain", sa.CHAR(32), sa.CHAR(36))
+    _convert(_undashed, _plain_time, sa.CHAR(32), sa.CHAR(36))
