@@ -42,11 +42,11 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection as SyncConnection
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal, select, update
 
 from users_service.db.bulk import copy_rows
 from users_service.db.database import Connection, Database
-from users_service.db.rendering import UserRecord, as_utc, json_value
+from users_service.db.rendering import UserRecord, as_utc, json_value, user_json
 from users_service.db.statements import Row, compiled
 from users_service.models import (
     EDITABLE_FIELDS,
@@ -213,6 +213,56 @@ async def update_user_with_change(
         connection, ("with_change", key), lambda: _with_change_statement(update_user())
     )
     return await connection.run(statement, {**values, **_change_values(change)}) == 1
+
+
+def _returning_change_statement(write: Any) -> Any:
+    """PostgreSQL: an UPDATE of one user that returns the user's columns and
+    `changed` (the changed fields' names as JSON text), the order lock and
+    the change it makes, built from what the UPDATE returns, in one
+    statement that selects the user as the API's JSON. The change's other
+    values are bound as `change_<column>`."""
+    written = write.cte("written_user")
+    lock = (
+        select(func.pg_advisory_xact_lock(ORDER_LOCK_KEY).label("locked"))
+        .select_from(written)
+        .cte("order_lock")
+    )
+    made = {
+        "action": literal(UPDATED, type_=user_changes.c.action.type),
+        "user_id": written.c.id,
+        "version": written.c.version,
+        "changed": written.c.changed,
+        "user": user_json("postgresql", written.c),
+    }
+    values = select(
+        *(
+            made.get(name, bindparam(f"change_{name}", type_=user_changes.c[name].type))
+            for name in ROW_COLUMNS
+        )
+    ).select_from(written, lock)
+    change = insert(user_changes).from_select(ROW_COLUMNS, values).cte("change")
+    return select(user_json("postgresql", written.c)).add_cte(change)
+
+
+async def update_user_returning_change(
+    *,
+    connection: Connection,
+    update_user: Any,
+    key: Any,
+    values: Mapping[str, Any],
+    source: ChangeSource,
+    at: datetime,
+) -> str | None:
+    """PostgreSQL only: run `update_user` (see _returning_change_statement)
+    and append the change it made at `at`, in one statement; the user as
+    the API's JSON text, or None if the UPDATE changed no row (nothing is
+    written)."""
+    statement = compiled(
+        connection, ("returning_change", key), lambda: _returning_change_statement(update_user())
+    )
+    change = {"at": at, "caller": source.caller, "request_id": source.request_id}
+    row = await connection.one(statement, {**values, **_change_values(change)})
+    return None if row is None else str(row[0])
 
 
 async def append(*, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:

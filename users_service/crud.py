@@ -24,15 +24,20 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
     Integer,
     Select,
     String,
+    any_,
     bindparam,
+    case,
     delete,
     func,
     insert,
+    literal,
     literal_column,
+    or_,
     select,
     text,
     update,
@@ -123,6 +128,71 @@ def _update_statement(fields: tuple[str, ...], *, checked: bool) -> Any:
     return statement.where(users.c.version == bindparam("old_version")) if checked else statement
 
 
+def _changing_update(fields: tuple[str, ...], *, checked: bool) -> Any:
+    """PostgreSQL: set `fields` (bound as `new_<field>`) of the user
+    `user_id`, and move its version on, only if one of them changes (and,
+    when `checked`, its version is one of `expected_versions`); returns the
+    user's columns and `changed`, the names of the fields that changed as a
+    JSON array (text). The old values come from the row locked in the same
+    statement, so the comparison is with the version being replaced."""
+    old = (
+        select(users.c.id, users.c.version, *(users.c[field] for field in fields))
+        .where(users.c.id == bindparam("user_id"))
+        .with_for_update()
+        .subquery("old")
+    )
+    new = {field: bindparam(f"new_{field}", type_=users.c[field].type) for field in fields}
+    differs = {field: old.c[field].is_distinct_from(new[field]) for field in fields}
+    names = [
+        case((differs[field], literal(orjson.dumps(field).decode())))
+        for field in EDITABLE_FIELDS
+        if field in differs
+    ]
+    changed = literal("[") + func.concat_ws(",", *names) + literal("]")
+    statement = (
+        update(users)
+        .where(users.c.id == old.c.id, or_(*differs.values()))
+        .values({**new, "updated_at": bindparam("new_updated_at"), "version": old.c.version + 1})
+        .returning(*users.c, changed.label("changed"))
+    )
+    if checked:
+        expected = bindparam("expected_versions", type_=ARRAY(Integer))
+        statement = statement.where(old.c.version == any_(expected))
+    return statement
+
+
+async def _update_in_one_statement(
+    connection: Connection,
+    user_id: uuid.UUID,
+    fields: Mapping[str, Any],
+    expected: VersionCondition | None,
+    source: ChangeSource,
+) -> UserRecord | None:
+    """PostgreSQL: the update and its change in one statement, one round
+    trip (_changing_update); the user after it, or None when it wrote
+    nothing (no such user, a version If-Match does not accept, or nothing
+    to change), for update_user to tell which."""
+    checked = expected is not None and not expected.matches_any
+    names = tuple(sorted(fields))
+    values: dict[str, Any] = {
+        "user_id": user_id,
+        "new_updated_at": (now := utcnow()),
+        **{f"new_{name}": value for name, value in fields.items()},
+    }
+    if checked:
+        assert expected is not None
+        values["expected_versions"] = sorted(expected.versions)
+    text = await changes.update_user_returning_change(
+        connection=connection,
+        update_user=partial(_changing_update, names, checked=checked),
+        key=("changing_update", names, checked),
+        values=values,
+        source=source,
+        at=now,
+    )
+    return None if text is None else orjson.loads(text)
+
+
 # PostgreSQL updates a user only if the version it read is still there
 # (below); each attempt that finds another version means another write to
 # that user committed in between. One succeeds every time, so only a user
@@ -144,13 +214,25 @@ async def update_user(
 
     Concurrent writers and the If-Match check cannot interleave. SQLite and
     MariaDB lock the row while it is compared (SQLite: the write
-    transaction holds the database's write lock). PostgreSQL reads without
-    a lock and updates only if the version read is still there, reading
-    again otherwise: each statement is whole on its own (Database.statements),
+    transaction holds the database's write lock). PostgreSQL first tries
+    the whole write as one statement, which compares the fields and the
+    version with the row it locks (_changing_update: one round trip, not
+    two). When that writes nothing, it reads without a lock and
+    updates only if the version read is still there, reading again
+    otherwise. Each statement is whole on its own (Database.statements),
     and the row is never locked across a round trip.
     """
     dialect = connection.dialect.name
     checked = dialect == "postgresql"
+    if checked and fields:
+        try:
+            written = await _update_in_one_statement(connection, user_id, fields, expected, source)
+        except UniqueViolation:
+            raise EmailTaken() from None
+        if written is not None:
+            return written
+        # Nothing written: no such user, a refused version or no change.
+        # The statements below tell which (and write if a change came in).
     read = compiled(
         connection,
         "get_user" if checked else "get_user_for_update",

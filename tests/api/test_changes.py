@@ -71,6 +71,26 @@ def test_every_write_appends_one_change_with_who_what_and_when(client: TestClien
     assert datetime.fromisoformat(patched["at"]) >= datetime.fromisoformat(created["at"])
 
 
+def test_an_updates_change_holds_the_user_as_the_write_answered_it(client: TestClient) -> None:
+    ada = create_ada(client)
+    patched = client.patch(f"/users/{ada['id']}", json={"age": 37, "name": ADA["name"]})
+    replaced = client.put(
+        f"/users/{ada['id']}", json={**ADA, "email": "ada@king.example", "age": 37}
+    )
+    both = client.patch(f"/users/{ada['id']}", json={"name": "Ada King", "age": 38})
+    assert [r.status_code for r in (patched, replaced, both)] == [200, 200, 200]
+
+    items, _ = drain(client)
+
+    updates = items[1:]
+    assert [i["changed"] for i in updates] == [["age"], ["email"], ["name", "age"]]
+    for item, response in zip(updates, (patched, replaced, both), strict=True):
+        assert item["user"] == response.json()
+        assert item["version"] == response.json()["version"]
+        assert response.headers["ETag"] == f'"{item["version"]}"'
+        assert item["at"] == response.json()["updated_at"]
+
+
 def test_a_write_that_fails_appends_no_change(client: TestClient) -> None:
     create_ada(client)
     _, cursor = drain(client)

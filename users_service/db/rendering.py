@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Column, ColumnElement, Text, cast, func, literal_column
+from sqlalchemy.sql.base import ReadOnlyColumnCollection
 from sqlalchemy.types import DateTime, Integer, String, TypeDecorator, TypeEngine, Uuid
 
 from users_service.models import PUBLIC_FIELDS, users
@@ -37,7 +38,7 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _uuid_text(column: Column[Any], dialect: str) -> ColumnElement[Any]:
+def _uuid_text(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
     if dialect == "postgresql":
         return cast(column, Text)
     if dialect == "sqlite":  # stored dashed (models.DashedUuid)
@@ -50,7 +51,7 @@ def _uuid_text(column: Column[Any], dialect: str) -> ColumnElement[Any]:
     return joined
 
 
-def _timestamp_text(column: Column[Any], dialect: str) -> ColumnElement[Any]:
+def _timestamp_text(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
     if dialect == "postgresql":
         return func.to_char(
             func.timezone(literal_column("'UTC'"), column),
@@ -61,7 +62,7 @@ def _timestamp_text(column: Column[Any], dialect: str) -> ColumnElement[Any]:
     return func.date_format(column, "%Y-%m-%dT%H:%i:%s.%fZ")
 
 
-def _as_is(column: Column[Any], dialect: str) -> ColumnElement[Any]:
+def _as_is(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
     return column
 
 
@@ -80,7 +81,7 @@ def _plain_value(value: Any) -> Any:
 # (column type, its JSON in SQL, its JSON from a Python value): the first
 # that the column's type is an instance of. JSON numbers and strings come
 # out of every database's JSON functions as they are.
-InSQL = Callable[[Column[Any], str], ColumnElement[Any]]
+InSQL = Callable[[ColumnElement[Any], str], ColumnElement[Any]]
 InPython = Callable[[Any], Any]
 _RENDERINGS: tuple[tuple[type[TypeEngine[Any]], InSQL, InPython], ...] = (
     (Uuid, _uuid_text, _uuid_value),
@@ -121,11 +122,16 @@ def to_record(values: Mapping[Any, Any]) -> UserRecord:
     }
 
 
-def user_json(dialect: str) -> ColumnElement[str]:
-    """The user as the API's JSON object (text), in the database's own functions."""
+def user_json(
+    dialect: str, columns: ReadOnlyColumnCollection[str, Any] | None = None
+) -> ColumnElement[str]:
+    """The user as the API's JSON object (text), in the database's own
+    functions: of `users`, or of `columns` holding users' columns by name
+    (a statement's RETURNING, say)."""
     build = func.json_build_object if dialect == "postgresql" else func.json_object
+    source = users.c if columns is None else columns
     arguments: list[Any] = []
     for name in PUBLIC_FIELDS:
         in_sql = _rendering(users.c[name])[0]
-        arguments += [literal_column(f"'{name}'"), in_sql(users.c[name], dialect)]
+        arguments += [literal_column(f"'{name}'"), in_sql(source[name], dialect)]
     return cast(build(*arguments), Text)
