@@ -26,8 +26,14 @@ _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class _PostgresConnection:
-    def __init__(self, raw: psycopg.AsyncConnection[Any], dialect: Dialect) -> None:
+    def __init__(
+        self,
+        raw: psycopg.AsyncConnection[Any],
+        cursor: psycopg.AsyncCursor[Any],
+        dialect: Dialect,
+    ) -> None:
         self.raw = raw
+        self.cursor = cursor
         self.dialect = dialect
         self.failed = False
 
@@ -35,7 +41,7 @@ class _PostgresConnection:
         self, statement: Statement, values: Mapping[str, Any]
     ) -> psycopg.AsyncCursor[Any]:
         with translated(self, psycopg.errors.UniqueViolation, _UNAVAILABLE):
-            return await self.raw.execute(statement.sql, statement.params(values))
+            return await self.cursor.execute(statement.sql, statement.params(values))
 
     async def one(self, statement: Statement, values: Mapping[str, Any] = {}) -> Row | None:
         cursor = await self._execute(statement, values)
@@ -88,8 +94,14 @@ class PostgresDatabase(PooledDatabase):
         )
         # The connections requests hold now (see close()).
         self._busy: set[psycopg.AsyncConnection[Any]] = set()
+        # One cursor per connection (by id), reused by every statement run
+        # on it: connection.execute() makes a cursor, and its adapters, per
+        # statement; measured here, reusing one took 66-69 µs of CPU per
+        # query where execute() took 86-91 (psycopg 3.3, async).
+        self._cursors: dict[int, psycopg.AsyncCursor[Any]] = {}
 
     async def _close(self, raw: psycopg.AsyncConnection[Any]) -> None:
+        self._cursors.pop(id(raw), None)
         await raw.close()
 
     async def close(self) -> None:
@@ -113,6 +125,7 @@ class PostgresDatabase(PooledDatabase):
             raw = await psycopg.AsyncConnection.connect(autocommit=True, **self._connect_args)
         except psycopg.Error as error:
             raise unavailable(error) from error
+        self._cursors[id(raw)] = raw.cursor()
         return self._born(raw)
 
     async def _release(self, raw: psycopg.AsyncConnection[Any], failed: bool) -> None:
@@ -129,7 +142,8 @@ class PostgresDatabase(PooledDatabase):
 
     @asynccontextmanager
     async def _connection(self, *, in_transaction: bool) -> AsyncIterator[Connection]:
-        connection = _PostgresConnection(await self._acquire(), self.dialect)
+        raw = await self._acquire()
+        connection = _PostgresConnection(raw, self._cursors[id(raw)], self.dialect)
         self._busy.add(connection.raw)
         try:
             if self._begin is not None:
