@@ -526,6 +526,16 @@ def page_statement(
 # match from the index. Measured at a million users in docs/performance.md
 # ("Name search").
 WINDOWS = (1_000, 4_000)
+# SQLite: a name query of three characters or more that has found no match
+# yet walks on through larger windows while the index would give more
+# candidates than the next window holds (_index_finds_more): each way
+# costs about one read per user it goes through, so the page costs at most
+# a few times the cheaper of the two. Before, a query matching many users
+# but none in the first windows of its order read all of them from the
+# index: at a million users, `name=son&sort=name` took 131 ms, now 10 ms
+# (docs/performance.md, "Name search in every order", which also says why
+# MariaDB does not do this yet).
+SEARCH_WINDOWS = (*WINDOWS, 16_000, 64_000)
 
 
 def window_page_statement(
@@ -704,7 +714,8 @@ async def list_users(
     else:
         rows = []
         start, read = after, 0
-        for following, size in enumerate(WINDOWS, start=1):
+        windows = SEARCH_WINDOWS if search and dialect == "sqlite" else WINDOWS
+        for following, size in enumerate(windows, start=1):
             wanted = query.limit - len(rows)
             # PostgreSQL's first window is one statement; its end is looked
             # up only for a second window.
@@ -717,7 +728,11 @@ async def list_users(
             read += size
             if len(rows) > query.limit or (not merged and end is None):
                 break
-            if search and not _may_fill(dialect, len(rows), read, WINDOWS[following:], query.limit):
+            later = windows[following:]
+            if search and not (
+                _may_fill(dialect, len(rows), read, later, query.limit)
+                or (not rows and await _index_finds_more(connection, search, later))
+            ):
                 rows = await _page(connection, values, order, after, query.limit, search=search)
                 break
             if merged:
@@ -745,17 +760,31 @@ async def list_users(
 def _may_fill(dialect: str, found: int, read: int, following: Sequence[int], limit: int) -> bool:
     """Whether a name query with an index reads the next window (the first
     of `following`) rather than ask the index, `found` matches having come
-    from the `read` users before it. PostgreSQL: when, at that rate, the
-    window may fill the page of `limit` (+ 1) users; when it may not, the
-    index is cheaper than the window and then the index all the same (a
-    query that matches a few users or none reads 1,000 users, not 5,000:
-    docs/performance.md, "Name search"). SQLite likewise. MariaDB (not
-    measured there; it reads each window's users by their random id, and a
-    common trigram's holders cost it more than the windows): whenever a
-    window follows."""
+    from the `read` users before it: when, at that rate, the window may
+    fill the page of `limit` (+ 1) users (a query that matches a few users
+    or none reads 1,000 users, not 5,000: docs/performance.md, "Name
+    search"). SQLite likewise, and while no window has found a match (no
+    rate to go by) also when the index would give more candidates than the
+    window holds (_index_finds_more). MariaDB (it reads each window's users
+    by their random id, and a common trigram's holders cost it more than
+    the windows): whenever a window follows."""
     if dialect not in ("postgresql", "sqlite"):
         return bool(following)
     return bool(following) and found * following[0] >= (limit + 1 - found) * read
+
+
+async def _index_finds_more(
+    connection: Connection, search: Mapping[str, Any], following: Sequence[int]
+) -> bool:
+    """SQLite: whether the FTS index would give more candidates for
+    `search` than the next window (the first of `following`) holds, counted
+    up to that many (0.3-4.3 ms for a common trigram at a million users)."""
+    if not following or connection.dialect.name != "sqlite":
+        return False
+    cap = following[0]
+    statement = compiled(connection, "fts_candidates", name_search.fts_candidates_statement)
+    row = await connection.one(statement, {"name_phrase": search["name_phrase"], "cap": cap + 1})
+    return row is not None and row[0] > cap
 
 
 async def _window_page(

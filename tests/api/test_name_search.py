@@ -41,6 +41,7 @@ SORTS = ("created_at", "-created_at", "-name", "age")
 @pytest.fixture
 def tiny_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(crud, "WINDOWS", (4, 21))
+    monkeypatch.setattr(crud, "SEARCH_WINDOWS", (4, 21, 60, 200))
     # MariaDB: trigrams held by more than 3 users go through the windows first.
     monkeypatch.setattr(name_search, "RARE_TRIGRAM_USERS", 3)
 
@@ -188,6 +189,41 @@ def test_every_write_keeps_the_name_index_in_step(client, app, tiny_window, tmp_
     # About 23 of the 30 seeded names hold an "a" (at most 10 once in ten
     # million runs): the short query's windows compared more than a few.
     assert len(searched(client, "a")) > 10
+
+
+@pytest.mark.parametrize("sort", ["name", "-name", "email"])
+def test_a_common_name_missing_from_the_first_windows_of_its_order_pages_like_a_scan(
+    client, app, tiny_window, monkeypatch: pytest.MonkeyPatch, sort: str
+):
+    """80 of 140 users match, none of the first 30 in name order either way:
+    SQLite walks on past its first windows (the index holds more candidates
+    than the next window) rather than read every match from the index; the
+    pages are a plain scan's on every database."""
+    asked: list[bool] = []
+    finds_more = crud._index_finds_more
+
+    async def spied(*args: Any) -> bool:
+        asked.append(await finds_more(*args))
+        return asked[-1]
+
+    monkeypatch.setattr(crud, "_index_finds_more", spied)
+    names = ["Aaa Aaa"] * 30 + ["Mid Johnson"] * 80 + ["Zzz Zzz"] * 30
+    body = {
+        "users": [
+            {"name": name, "email": f"{sort}-{i}@example.com", "age": 30}
+            for i, name in enumerate(names)
+        ]
+    }
+    assert client.post("/users/batch", json=body).status_code == 201
+    engine = app.state.database.engine
+
+    expected = scanned(engine, "son", sort)
+
+    assert len(expected) == 80
+    for limit in (2, 50):
+        assert searched(client, "son", sort, limit) == expected, limit
+    if engine.dialect.name == "sqlite" and sort != "email":
+        assert True in asked
 
 
 @pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])

@@ -96,6 +96,18 @@ def rare_statement() -> Select[Any]:
     return select(func.count()).select_from(holders)
 
 
+def fts_candidates_statement() -> Select[Any]:
+    """SQLite: how many users the FTS index finds for `name_phrase`
+    (search_values), counted up to `cap`."""
+    found = (
+        select(users_name_fts.c.rowid)
+        .where(users_name_fts.c.name.op("MATCH")(bindparam("name_phrase", type_=String)))
+        .limit(bindparam("cap", type_=Integer))
+        .subquery("found")
+    )
+    return select(func.count()).select_from(found)
+
+
 def has_index(dialect: str) -> bool:
     return dialect in ("sqlite", "postgresql", "mysql", "mariadb")
 
