@@ -25,8 +25,25 @@ def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def _stop(signum: int, _frame: FrameType | None) -> None:
-    """Unwind (so that a half-written file is removed), then exit as killed by `signum`."""
+def _in_finalizer(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    """Unwind (so that a half-written file is removed), then exit as killed by `signum`.
+
+    Python prints and drops an exception raised in a finalizer (`__del__`):
+    a SIGTERM that arrived while PyMySQL's result finalizer ran let an
+    export run on to the end. There the signal is sent again a millisecond
+    later (from a timer thread: os.kill from this thread would run this
+    handler again at once), until it arrives outside a finalizer."""
+    if _in_finalizer(frame):
+        threading.Timer(0.001, os.kill, (os.getpid(), signum)).start()
+        return
     raise SystemExit(128 + signum)
 
 
