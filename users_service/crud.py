@@ -464,6 +464,8 @@ def page_statement(
     until: bool = False,
     search: Sequence[str] = (),
     unindexed: Collection[str] = (),
+    sort_found: bool = False,
+    in_index: bool = False,
 ) -> Select[Any]:
     """The SELECT for one page: the users as JSON, one more than `limit` (to
     see whether more follow), from the key in `after_value`, `after_id`;
@@ -472,9 +474,21 @@ def page_statement(
     first: name_search.window_index);
     `search`: the name index's values (name_search.search_values) too;
     `unindexed`: columns whose range filters no index may serve
-    (wide_ranges)."""
+    (wide_ranges);
+    `sort_found` (PostgreSQL, with `search`): every user the index finds is
+    read, then sorted (a derived table with OFFSET 0, which the planner
+    keeps apart). Left to itself the planner walks the sort's index when
+    it expects the matches spread evenly over the order, which a window
+    has just shown they are not: `Tim` by name, all its 55,000 matches last
+    in that order at a million users, walked 944,000 users (958 ms);
+    `in_index` (MariaDB): the filters are tested in the index that holds
+    the name beside the sort's key (name_search.window_index), walked
+    until the page is full."""
     walk = bool(search) and name_search.walks_in_order(dialect, order.field)
-    window_index = name_search.window_index(dialect, order.field, filters) if until else None
+    tested_in_index = until or in_index
+    window_index = (
+        name_search.window_index(dialect, order.field, filters) if tested_in_index else None
+    )
     # PostgreSQL sorts the name index's finds (all of them: 3,056 for `Ada
     # Lovelace` at a million users) and renders the JSON of each before the
     # sort, which it deems cheap: the page's users are rendered after the
@@ -503,6 +517,12 @@ def page_statement(
         statement = name_search.walk_in_creation_order(
             statement, search, descending=order.descending
         )
+    elif sort_found:
+        found = statement.offset(literal_column("0")).subquery("found")
+        adapter = ClauseAdapter(found)
+        statement = select(*found.c).order_by(
+            *(adapter.traverse(column) for column in order.order_by())
+        )
     else:
         statement = statement.order_by(*order.order_by())
     statement = statement.limit(bindparam("limit", type_=Integer))
@@ -510,6 +530,7 @@ def page_statement(
         return name_search.read_found(
             statement.with_hint(users, f"FORCE INDEX ({window_index})", dialect),
             dialect,
+            field=order.field,
             descending=order.descending,
         )
     if late:
@@ -528,7 +549,7 @@ def page_statement(
 WINDOWS = (1_000, 4_000)
 # SQLite: a name query of three characters or more that has found no match
 # yet walks on through larger windows while the index would give more
-# candidates than the next window holds (_index_finds_more): each way
+# candidates than the next window holds (_Candidates): each way
 # costs about one read per user it goes through, so the page costs at most
 # a few times the cheaper of the two. Before, a query matching many users
 # but none in the first windows of its order read all of them from the
@@ -536,6 +557,13 @@ WINDOWS = (1_000, 4_000)
 # (docs/performance.md, "Name search in every order", which also says why
 # MariaDB does not do this yet).
 SEARCH_WINDOWS = (*WINDOWS, 16_000, 64_000)
+# PostgreSQL: a name query whose windows did not fill its page reads every
+# user the index finds and sorts them (page_statement's sort_found) when
+# the planner expects at most this many (name_search.estimate_statement),
+# about 60 ms at a million users; more, and the planner chooses, as it
+# walks the sort's index quickly when the matches are many (`son` by
+# name: 17.5 ms, where sorting its 166,000 matches would take 200 ms).
+SORTED_CANDIDATES_MAX = 64_000
 
 
 def window_page_statement(
@@ -685,10 +713,13 @@ async def list_users(
     """One page in `order`, starting after the key `after`, and (when asked)
     how many users match the filters.
 
-    A name query of three characters or more in created_at order on
-    MariaDB walks the trigram table, which keeps that order
-    (name_search.walks_in_order). Otherwise a name query reads at most
-    sum(WINDOWS) users in the page's order first;
+    A name query of three characters or more on MariaDB: in created_at
+    order it walks the trigram table, which keeps that order
+    (name_search.walks_in_order); in another order it asks the trigram
+    table when one of its trigrams is rare (_has_rare_trigram), and else,
+    in name order, walks the name index, testing the names there
+    (name_search.window_index). Otherwise a name query reads at most sum(WINDOWS) users (SQLite:
+    SEARCH_WINDOWS) in the page's order first;
     when the page is not full there, a query of three characters or more
     asks the name index (name_search.restrict), as soon as the next window
     is not likely to fill the page at the rate of matches seen so far
@@ -711,10 +742,13 @@ async def list_users(
         rows = await _page(connection, values, order, after, query.limit, search=search)
     elif search and await _has_rare_trigram(connection, search):
         rows = await _page(connection, values, order, after, query.limit, search=search)
+    elif search and name_search.window_index(dialect, order.field, tuple(values)):
+        rows = await _page(connection, values, order, after, query.limit, in_index=True)
     else:
         rows = []
         start, read = after, 0
         windows = SEARCH_WINDOWS if search and dialect == "sqlite" else WINDOWS
+        candidates = _Candidates(connection, search)
         for following, size in enumerate(windows, start=1):
             wanted = query.limit - len(rows)
             # PostgreSQL's first window is one statement; its end is looked
@@ -731,9 +765,20 @@ async def list_users(
             later = windows[following:]
             if search and not (
                 _may_fill(dialect, len(rows), read, later, query.limit)
-                or (not rows and await _index_finds_more(connection, search, later))
+                or (not rows and bool(later) and await candidates.more_than(later[0]))
             ):
-                rows = await _page(connection, values, order, after, query.limit, search=search)
+                sort_found = dialect == "postgresql" and not await candidates.more_than(
+                    SORTED_CANDIDATES_MAX
+                )
+                rows = await _page(
+                    connection,
+                    values,
+                    order,
+                    after,
+                    query.limit,
+                    search=search,
+                    sort_found=sort_found,
+                )
                 break
             if merged:
                 end = await _window_end(connection, order, start, size)
@@ -765,7 +810,7 @@ def _may_fill(dialect: str, found: int, read: int, following: Sequence[int], lim
     or none reads 1,000 users, not 5,000: docs/performance.md, "Name
     search"). SQLite likewise, and while no window has found a match (no
     rate to go by) also when the index would give more candidates than the
-    window holds (_index_finds_more). MariaDB (it reads each window's users
+    window holds (_Candidates). MariaDB (it reads each window's users
     by their random id, and a common trigram's holders cost it more than
     the windows): whenever a window follows."""
     if dialect not in ("postgresql", "sqlite"):
@@ -773,18 +818,37 @@ def _may_fill(dialect: str, found: int, read: int, following: Sequence[int], lim
     return bool(following) and found * following[0] >= (limit + 1 - found) * read
 
 
-async def _index_finds_more(
-    connection: Connection, search: Mapping[str, Any], following: Sequence[int]
-) -> bool:
-    """SQLite: whether the FTS index would give more candidates for
-    `search` than the next window (the first of `following`) holds, counted
-    up to that many (0.3-4.3 ms for a common trigram at a million users)."""
-    if not following or connection.dialect.name != "sqlite":
-        return False
-    cap = following[0]
-    statement = compiled(connection, "fts_candidates", name_search.fts_candidates_statement)
-    row = await connection.one(statement, {"name_phrase": search["name_phrase"], "cap": cap + 1})
-    return row is not None and row[0] > cap
+class _Candidates:
+    """How many users the name index finds for a query's `search` values:
+    SQLite counts them up to a cap (an FTS walk: 0.3-4.3 ms for a common
+    trigram at a million users), PostgreSQL asks its planner once
+    (name_search.estimate_statement: 0.2 ms)."""
+
+    def __init__(self, connection: Connection, search: Mapping[str, Any]) -> None:
+        self.connection = connection
+        self.search = search
+        self.estimate: int | None = None
+
+    async def more_than(self, cap: int) -> bool:
+        connection, search = self.connection, self.search
+        if connection.dialect.name == "postgresql":
+            if self.estimate is None:
+                names = tuple(search)
+                statement = compiled(
+                    connection,
+                    ("estimate", names),
+                    partial(name_search.estimate_statement, names),
+                )
+                row = await connection.one(statement, search)
+                self.estimate = int(row[0][0]["Plan"]["Plan Rows"]) if row is not None else 0
+            return self.estimate > cap
+        if connection.dialect.name != "sqlite":
+            return False
+        statement = compiled(connection, "fts_candidates", name_search.fts_candidates_statement)
+        row = await connection.one(
+            statement, {"name_phrase": search["name_phrase"], "cap": cap + 1}
+        )
+        return row is not None and row[0] > cap
 
 
 async def _window_page(
@@ -819,6 +883,8 @@ async def _page(
     until: tuple[Any, uuid.UUID] | None = None,
     search: Mapping[str, Any] = {},
     unindexed: frozenset[str] = frozenset(),
+    sort_found: bool = False,
+    in_index: bool = False,
 ) -> list[Row]:
     """The rows of one page (one more than `limit`) for the filters'
     `values`, up to the key `until`, among the name index's finds for its
@@ -828,7 +894,17 @@ async def _page(
     filters, found_by, plain = tuple(values), tuple(search), tuple(sorted(unindexed))
     statement = compiled(
         connection,
-        ("page", filters, found_by, str(order), after is not None, until is not None, plain),
+        (
+            "page",
+            filters,
+            found_by,
+            str(order),
+            after is not None,
+            until is not None,
+            plain,
+            sort_found,
+            in_index,
+        ),
         lambda: page_statement(
             filters,
             order,
@@ -837,6 +913,8 @@ async def _page(
             until=until is not None,
             search=found_by,
             unindexed=plain,
+            sort_found=sort_found,
+            in_index=in_index,
         ),
     )
     params = page_values({**values, **search}, limit, after)

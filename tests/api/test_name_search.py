@@ -200,13 +200,13 @@ def test_a_common_name_missing_from_the_first_windows_of_its_order_pages_like_a_
     than the next window) rather than read every match from the index; the
     pages are a plain scan's on every database."""
     asked: list[bool] = []
-    finds_more = crud._index_finds_more
+    more_than = crud._Candidates.more_than
 
     async def spied(*args: Any) -> bool:
-        asked.append(await finds_more(*args))
+        asked.append(await more_than(*args))
         return asked[-1]
 
-    monkeypatch.setattr(crud, "_index_finds_more", spied)
+    monkeypatch.setattr(crud._Candidates, "more_than", spied)
     names = ["Aaa Aaa"] * 30 + ["Mid Johnson"] * 80 + ["Zzz Zzz"] * 30
     body = {
         "users": [
