@@ -763,9 +763,10 @@ async def list_users(
             if len(rows) > query.limit or (not merged and end is None):
                 break
             later = windows[following:]
+            walks_on = dialect == "sqlite" and bool(later)
             if search and not (
                 _may_fill(dialect, len(rows), read, later, query.limit)
-                or (not rows and bool(later) and await candidates.more_than(later[0]))
+                or (walks_on and not rows and await candidates.more_than(later[0]))
             ):
                 sort_found = dialect == "postgresql" and not await candidates.more_than(
                     SORTED_CANDIDATES_MAX
