@@ -16,7 +16,12 @@ from sqlalchemy import Engine, column, create_engine, insert, inspect, pool, sel
 
 from tests.databases import create_fresh_database, migrate
 from users_service.db.schema import alembic_config, head_revisions
-from users_service.models import NAME_WINDOW_INDEX, idempotency_key_users
+from users_service.models import (
+    AGE_NAME_INDEX,
+    EMAIL_NAME_INDEX,
+    NAME_WINDOW_INDEX,
+    idempotency_key_users,
+)
 from users_service.settings import load_settings
 
 
@@ -72,11 +77,17 @@ def test_upgrade_from_empty_creates_users_table_with_its_indexes(
     assert found["uq_users_email"]["unique"]
     assert found["ix_users_created_at_id"]["column_names"] == ["created_at", "id"]
     assert not found["ix_users_created_at_id"]["unique"]
-    # MariaDB's own index for short name queries (models.MARIADB_ONLY_INDEXES).
-    if backend == "mariadb":
-        assert found[NAME_WINDOW_INDEX]["column_names"] == ["created_at", "id", "name"]
-    else:
-        assert NAME_WINDOW_INDEX not in found
+    # MariaDB's own indexes for name queries (models.MARIADB_ONLY_INDEXES).
+    own = {
+        NAME_WINDOW_INDEX: ["created_at", "id", "name"],
+        AGE_NAME_INDEX: ["age", "id", "name"],
+        EMAIL_NAME_INDEX: ["email", "id", "name"],
+    }
+    for index, columns in own.items():
+        if backend == "mariadb":
+            assert found[index]["column_names"] == columns
+        else:
+            assert index not in found
     assert stored_revisions(url) == head_revisions()
 
 

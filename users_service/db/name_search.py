@@ -60,7 +60,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
 from users_service.db.rendering import user_json
-from users_service.models import NAME_WINDOW_INDEX, users
+from users_service.models import AGE_NAME_INDEX, EMAIL_NAME_INDEX, NAME_WINDOW_INDEX, users
 
 # SQLite: the trigger that indexes each new user's name, and the statement
 # that indexes every user's name anew (a bulk load drops the one and runs
@@ -199,21 +199,25 @@ def _pg_trgm_values(lowered: str) -> dict[str, str]:
 _NAME_HOLDING_INDEXES = {
     "created_at": (NAME_WINDOW_INDEX, frozenset({"name", "created_after", "created_before"})),
     "name": ("ix_users_name_id", frozenset({"name"})),
+    "age": (AGE_NAME_INDEX, frozenset({"name", "min_age", "max_age"})),
+    "email": (EMAIL_NAME_INDEX, frozenset({"name"})),
 }
 
 
 def window_index(dialect: str, sort_field: str, filters: Sequence[str]) -> str | None:
     """The index that finds the matches of a page by itself (read_found),
     if any: MariaDB/MySQL, a name query whose other filters the index
-    tests too, in created_at order (NAME_WINDOW_INDEX: created_at, id,
-    name; there only a query of one or two characters reads windows,
-    longer ones walk the trigram table) or in name order (ix_users_name_id,
-    which holds the name it sorts by). The users are tested in the index,
-    and only the matches are read by id. Through ix_users_created_at_id,
-    which the optimizer picks when left to itself, MariaDB reads every user
-    of the window by its random id to test the name: 12.8 ms against 1.1
-    ms for the 4,000-user window of `x` at a million users
-    (docs/performance.md, "Name search")."""
+    tests too. Each sort has an index that holds the name beside its key:
+    ix_users_name_id holds the name it sorts by, and three are MariaDB's
+    own (models.MARIADB_ONLY_INDEXES: created_at, age and email, each with
+    id and name). The users are tested in the index, and only the matches
+    are read by id. Through the sort's plain index, which the optimizer
+    picks when left to itself, MariaDB reads every user it walks by its
+    random id to test the name: 12.8 ms against 1.1 ms for the 4,000-user
+    window of `x` at a million users (docs/performance.md, "Name search");
+    `Ada Lovelace` by email 348 against 10.7 ms (design.md, decision 7).
+    In created_at order only a query of one or two characters comes here
+    (its windows); longer ones walk the trigram table."""
     if dialect not in ("mysql", "mariadb") or sort_field not in _NAME_HOLDING_INDEXES:
         return None
     index, tested = _NAME_HOLDING_INDEXES[sort_field]
