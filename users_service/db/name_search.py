@@ -116,6 +116,8 @@ class Explained(Executable, ClauseElement):
     """PostgreSQL: `EXPLAIN (FORMAT JSON)` of a statement: the planner's
     plan, with its estimate of the rows, without running it."""
 
+    inherit_cache = False  # compiled once by db/statements.compiled
+
     def __init__(self, statement: Select[Any]) -> None:
         self.statement = statement
 
