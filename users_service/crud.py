@@ -465,7 +465,6 @@ def page_statement(
     search: Sequence[str] = (),
     unindexed: Collection[str] = (),
     sort_found: bool = False,
-    in_index: bool = False,
 ) -> Select[Any]:
     """The SELECT for one page: the users as JSON, one more than `limit` (to
     see whether more follow), from the key in `after_value`, `after_id`;
@@ -480,15 +479,11 @@ def page_statement(
     keeps apart). Left to itself the planner walks the sort's index when
     it expects the matches spread evenly over the order, which a window
     has just shown they are not: `Tim` by name, all its 55,000 matches last
-    in that order at a million users, walked 944,000 users (958 ms);
-    `in_index` (MariaDB): the filters are tested in the index that holds
-    the name beside the sort's key (name_search.window_index), walked
-    until the page is full."""
+    in that order at a million users, walked 944,000 users (958 ms).
+    Without `search`, a name filter on MariaDB is tested in the index that
+    holds the name beside the sort's key (name_search.window_index)."""
     walk = bool(search) and name_search.walks_in_order(dialect, order.field)
-    tested_in_index = until or in_index
-    window_index = (
-        name_search.window_index(dialect, order.field, filters) if tested_in_index else None
-    )
+    window_index = None if search else name_search.window_index(dialect, order.field, filters)
     # PostgreSQL sorts the name index's finds (all of them: 3,056 for `Ada
     # Lovelace` at a million users) and renders the JSON of each before the
     # sort, which it deems cheap: the page's users are rendered after the
@@ -721,9 +716,10 @@ async def list_users(
     order it walks the trigram table, which keeps that order
     (name_search.walks_in_order); in another order it asks the trigram
     table when one of its trigrams is rare (_has_rare_trigram), and else,
-    in name order, walks the name index, testing the names there
-    (name_search.window_index). Otherwise a name query reads at most sum(WINDOWS) users (SQLite:
-    SEARCH_WINDOWS) in the page's order first;
+    in another order walks the sort's index that holds the name, testing
+    the names there (name_search.window_index). Otherwise a name query
+    reads at most sum(WINDOWS) users (SQLite: SEARCH_WINDOWS) in the
+    page's order first;
     when the page is not full there, a query of three characters or more
     asks the name index (name_search.restrict), as soon as the next window
     is not likely to fill the page at the rate of matches seen so far
@@ -747,7 +743,7 @@ async def list_users(
     elif search and await _has_rare_trigram(connection, search):
         rows = await _page(connection, values, order, after, query.limit, search=search)
     elif search and name_search.window_index(dialect, order.field, tuple(values)):
-        rows = await _page(connection, values, order, after, query.limit, in_index=True)
+        rows = await _page(connection, values, order, after, query.limit)
     else:
         rows = []
         start, read = after, 0
@@ -889,7 +885,6 @@ async def _page(
     search: Mapping[str, Any] = {},
     unindexed: frozenset[str] = frozenset(),
     sort_found: bool = False,
-    in_index: bool = False,
 ) -> list[Row]:
     """The rows of one page (one more than `limit`) for the filters'
     `values`, up to the key `until`, among the name index's finds for its
@@ -908,7 +903,6 @@ async def _page(
             until is not None,
             plain,
             sort_found,
-            in_index,
         ),
         lambda: page_statement(
             filters,
@@ -919,7 +913,6 @@ async def _page(
             search=found_by,
             unindexed=plain,
             sort_found=sort_found,
-            in_index=in_index,
         ),
     )
     params = page_values({**values, **search}, limit, after)

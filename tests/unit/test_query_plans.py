@@ -434,9 +434,7 @@ def in_sort_index(engine: Engine, sort: str, query: UserListQuery) -> Select[Any
     beside the sort's key walked until the page is full, 10,000 users in."""
     order = SortOrder.parse(sort)
     values = filter_values(query)
-    statement = crud_page_statement(
-        tuple(values), order, after=True, dialect=engine.dialect.name, in_index=True
-    )
+    statement = crud_page_statement(tuple(values), order, after=True, dialect=engine.dialect.name)
     return statement.params(page_values(values, query.limit, deep_key(engine, order)))
 
 
