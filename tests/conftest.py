@@ -37,12 +37,25 @@ LEVELS = ("unit", "api", "system")
 os.environ.setdefault("CURSOR_SECRET", TEST_CURSOR_SECRET)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test with its level: the folder it is in."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its level: the folder it is in. Deselect a test's
+    parametrizations for the databases its `backends` marker does not name
+    (a plan of one database's own, say), instead of skipping each."""
+    kept, elsewhere = [], []
     for item in items:
         level = Path(str(item.path)).parent.name
         if level in LEVELS:
             item.add_marker(getattr(pytest.mark, level))
+        marker = item.get_closest_marker("backends")
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend") if callspec is not None else None
+        if marker is not None and backend is not None and backend not in marker.args:
+            elsewhere.append(item)
+        else:
+            kept.append(item)
+    if elsewhere:
+        config.hook.pytest_deselected(items=elsewhere)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session", params=backend_ids())

@@ -52,9 +52,8 @@ def test_racing_creates_of_one_email_in_different_letter_cases_make_one_user(
     assert listed.json()["total"] == 1
 
 
+@pytest.mark.backends("sqlite")  # the write lock is a SQLite matter
 def test_fifty_concurrent_sqlite_writers_all_succeed(backend: str, client: TestClient) -> None:
-    if backend != "sqlite":
-        pytest.skip("the write lock is a SQLite matter")
 
     responses = race(
         50,

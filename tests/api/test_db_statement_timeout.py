@@ -166,11 +166,10 @@ def test_statement_timeout_from_the_environment_is_set_on_every_connection(
     assert limits == ({"1234ms"} if backend == "postgresql" else {"1.234"})
 
 
+@pytest.mark.backends("postgresql")  # startup options are PostgreSQL's
 def test_statement_timeout_keeps_the_options_the_postgresql_url_gives(
     database_url: str, backend: str
 ) -> None:
-    if backend != "postgresql":
-        pytest.skip("startup options are PostgreSQL's")
     url = f"{database_url}?options=-c%20lock_timeout%3D4321"
     engine = create_db_engine(load_settings(database_url=url, db_statement_timeout_ms=1234))
     try:

@@ -378,9 +378,8 @@ def test_import_refuses_rejects_that_would_overwrite_its_input(client, app, tmp_
     assert files_in(tmp_path) == ["big.csv", "hard-link.csv"]
 
 
+@pytest.mark.backends("sqlite")  # only SQLite keeps the database in a file
 def test_import_and_export_refuse_to_write_over_the_sqlite_database(client, app, backend, tmp_path):
-    if backend != "sqlite":
-        pytest.skip("only SQLite keeps the database in a file")
     create_ada(client)
     engine = app.state.database.engine
     database = Path(engine.url.database)

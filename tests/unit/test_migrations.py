@@ -154,20 +154,18 @@ UTF8MB4_USERS_TABLE = {
 }
 
 
+@pytest.mark.backends("mariadb")  # character sets are a MariaDB/MySQL matter
 def test_users_table_is_utf8mb4_on_mariadb(backend: str, tmp_path: Path) -> None:
-    if backend != "mariadb":
-        pytest.skip("character sets are a MariaDB/MySQL matter")
     url = create_fresh_database(backend, tmp_path, "_mig_charset")
     migrate(url)
 
     assert users_table_character_sets(url) == UTF8MB4_USERS_TABLE
 
 
+@pytest.mark.backends("mariadb")  # character sets are a MariaDB/MySQL matter
 def test_users_table_is_utf8mb4_on_mariadb_whatever_the_database_default(
     backend: str, tmp_path: Path
 ) -> None:
-    if backend != "mariadb":
-        pytest.skip("character sets are a MariaDB/MySQL matter")
     url = create_fresh_database(backend, tmp_path, "_mig_charset_latin1")
     with engine_for(url) as engine, engine.begin() as connection:
         connection.execute(text("ALTER DATABASE CHARACTER SET latin1 COLLATE latin1_swedish_ci"))

@@ -212,12 +212,11 @@ def test_age_range_in_the_default_order_walks_the_created_at_index(engine):
     assert_index_served(engine, statement, index="ix_users_created_at_id")
 
 
+@pytest.mark.backends("sqlite")  # the range probe is SQLite's (the others have histograms)
 def test_narrow_age_range_in_the_default_order_sorts_at_most_the_probed_rows(engine):
     """SQLite: a range that matches RANGE_PROBE_ROWS users or fewer is read
     from the age index and sorted (a walk of the created_at index would
     read the whole table when nothing matches)."""
-    if engine.dialect.name != "sqlite":
-        pytest.skip("the range probe is SQLite's (the others have histograms)")
     query = UserListQuery(min_age=30, max_age=30)
     order = SortOrder.parse("created_at")
     assert wide_ranges(engine, query, order) == frozenset()
@@ -225,6 +224,7 @@ def test_narrow_age_range_in_the_default_order_sorts_at_most_the_probed_rows(eng
     assert any("USING INDEX ix_users_age_id" in step for step in plan), plan
 
 
+@pytest.mark.backends("sqlite")  # the range probe is SQLite's (the others have histograms)
 @pytest.mark.parametrize(
     ("sort", "query"),
     [
@@ -235,8 +235,6 @@ def test_narrow_age_range_in_the_default_order_sorts_at_most_the_probed_rows(eng
 )
 def test_a_range_the_sort_index_walks_past_returns_the_same_page(engine, sort, query):
     """`+column` (crud.wide_ranges) changes the plan, not the rows."""
-    if engine.dialect.name != "sqlite":
-        pytest.skip("the range probe is SQLite's (the others have histograms)")
     order = SortOrder.parse(sort)
     values = filter_values(query)
     pages = []
@@ -268,6 +266,7 @@ def _postgresql_plan(engine: Engine, statement: ClauseElement, *disabled: str) -
         return connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}").scalar_one()
 
 
+@pytest.mark.backends("postgresql")  # the trigram index on lower(name) is PostgreSQL's
 def test_the_name_filter_alone_is_never_served_by_the_trigram_index(engine):
     """PostgreSQL: the filter's own LIKE (name_search.lowered_name) is not
     served by the trigram index, so a window's page (crud.list_users) tests
@@ -275,8 +274,6 @@ def test_the_name_filter_alone_is_never_served_by_the_trigram_index(engine):
     intersects the window with the trigram index, reading every trigram of
     the query (ten for `Ada Lovelace`) for a few rows. The index is asked
     through name_search.restrict only (next test)."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the trigram index on lower(name) is PostgreSQL's")
     values = filter_values(UserListQuery(name="Ada Lovelace"))
     statement = count_statement(tuple(values), dialect="postgresql").params(values)
     plan = _postgresql_plan(engine, statement, "seqscan")
@@ -337,6 +334,7 @@ def test_name_substring_finds_its_candidates_through_the_name_index(engine, name
         assert all(row["key"] == "PRIMARY" for row in trigram_rows), shown
 
 
+@pytest.mark.backends("postgresql")  # the trigram index on lower(name) is PostgreSQL's
 @pytest.mark.parametrize("sort", SORT_VALUES)
 @pytest.mark.parametrize("name", ["Tim", "son"])
 def test_a_name_query_past_its_windows_sorts_what_the_name_index_finds(engine, sort, name):
@@ -346,8 +344,6 @@ def test_a_name_query_past_its_windows_sorts_what_the_name_index_finds(engine, s
     index, which the planner takes when it expects the matches spread
     evenly over the order (`Tim` by name at a million users: 944,000
     users walked, 958 ms)."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the trigram index on lower(name) is PostgreSQL's")
     order = SortOrder.parse(sort)
     values = filter_values(UserListQuery(name=name))
     search = name_search.search_values("postgresql", name)
@@ -366,6 +362,7 @@ def test_a_name_query_past_its_windows_sorts_what_the_name_index_finds(engine, s
     assert any(node["Node Type"] == "Sort" for node in nodes), shown
 
 
+@pytest.mark.backends("postgresql")  # the estimate is PostgreSQL's planner's
 @pytest.mark.parametrize("name", ["Tim", "son", "zqxj"])
 def test_the_planner_estimates_a_name_querys_candidates(engine, name):
     """PostgreSQL: the estimate that decides sort_found
@@ -375,8 +372,6 @@ def test_the_planner_estimates_a_name_querys_candidates(engine, name):
     by 2x for `Ada Lovelace` and up to 70x for `ovela`, whose two trigrams
     only Lovelace holds, in eight seeds of 20,000 users; crud.SORTED_CANDIDATES_MAX
     says why that does no harm.)"""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the estimate is PostgreSQL's planner's")
     search = name_search.search_values("postgresql", name)
     found = name_search.restrict(
         select(func.count()).select_from(users), "postgresql", tuple(search)
@@ -388,12 +383,11 @@ def test_the_planner_estimates_a_name_querys_candidates(engine, name):
     assert actual / 2 - 1 <= estimate <= actual * 2 + 1, (estimate, actual)
 
 
+@pytest.mark.backends("postgresql")  # the first window is one statement on PostgreSQL only
 @pytest.mark.parametrize("sort", SORT_VALUES)
 def test_a_first_name_window_in_one_statement_walks_the_sort_index(engine, sort):
     """PostgreSQL's first window (crud.window_page_statement): the sort's
     index walked for `window_size` users, no sort, no trigram index."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the first window is one statement on PostgreSQL only")
     order = SortOrder.parse(sort)
     values = filter_values(UserListQuery(name="Ada Lovelace"))
     statement = window_page_statement(
@@ -438,6 +432,7 @@ def in_sort_index(engine: Engine, sort: str, query: UserListQuery) -> Select[Any
     return statement.params(page_values(values, query.limit, deep_key(engine, order)))
 
 
+@pytest.mark.backends("mariadb")  # the window index is MariaDB's
 @pytest.mark.parametrize(
     ("sort", "index"),
     [
@@ -459,9 +454,6 @@ def test_a_name_page_tests_the_names_in_an_index_that_holds_them(engine, sort, i
     created_at order, where it walks the trigram table), then reads those
     users by id: not every user it goes through by its random id
     (name_search.window_index)."""
-    dialect = engine.dialect.name
-    if dialect not in ("mysql", "mariadb"):
-        pytest.skip("the window index is MariaDB's")
     if page is in_sort_index and "created_at" in sort:
         pytest.skip("in created_at order a longer query walks the trigram table")
     statement = page(engine, sort, UserListQuery(name="x"))
@@ -475,6 +467,7 @@ def test_a_name_page_tests_the_names_in_an_index_that_holds_them(engine, sort, i
     assert plan[0]["table"].startswith("<derived"), shown
 
 
+@pytest.mark.backends("mariadb")  # the window index is MariaDB's
 @pytest.mark.parametrize("sort", ["created_at", "-created_at", "name", "-name", "age", "-email"])
 @pytest.mark.parametrize(
     "query",
@@ -496,8 +489,6 @@ def test_a_name_page_in_an_index_returns_the_plain_statements_page(
     engine, monkeypatch, sort, query, page
 ):
     """The index that holds the names changes the plan, not the rows."""
-    if engine.dialect.name not in ("mysql", "mariadb"):
-        pytest.skip("the window index is MariaDB's")
     with engine.connect() as connection:
         indexed = connection.execute(page(engine, sort, query)).all()
         monkeypatch.setattr(name_search, "window_index", lambda *_: None)
