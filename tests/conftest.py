@@ -31,6 +31,8 @@ from users_service.models import idempotency_keys, user_changes, users
 from users_service.settings import Settings, load_settings
 
 LEVELS = ("unit", "api", "system")
+# The names a `backends` marker may give (tests/databases.backend_ids).
+BACKENDS = ("sqlite", "postgresql", "mariadb")
 
 # ENVIRONMENT=test refuses the built-in cursor secret: the suite's own, for
 # the settings the tests load in process (tests/server.py gives it to servers).
@@ -47,6 +49,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if level in LEVELS:
             item.add_marker(getattr(pytest.mark, level))
         marker = item.get_closest_marker("backends")
+        if marker is not None and not set(marker.args) <= set(BACKENDS):
+            # A misspelt name would deselect the test everywhere, silently.
+            raise pytest.UsageError(f"{item.nodeid}: backends{marker.args} outside {BACKENDS}")
         callspec = getattr(item, "callspec", None)
         backend = callspec.params.get("backend") if callspec is not None else None
         if marker is not None and backend is not None and backend not in marker.args:
