@@ -1,4 +1,4 @@
-"""Small helpers shared by the API tests."""
+"""Small helpers shared by the tests."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -122,3 +123,13 @@ def write_users_csv(path: Path, count: int) -> None:
         writer.writerow(["name", "email", "age"])
         for user in synthetic_users(count, seed=1):
             writer.writerow([user["name"], user["email"], user["age"]])
+
+
+# struct tcp_info (linux/tcp.h): tcpi_data_segs_in, the segments with data
+# that this socket has received (Linux 4.6 and later).
+TCP_INFO_DATA_SEGS_IN = 152
+
+
+def data_segments_received(sock: socket.socket) -> int:
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int.from_bytes(info[TCP_INFO_DATA_SEGS_IN : TCP_INFO_DATA_SEGS_IN + 4], "little")

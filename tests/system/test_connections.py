@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.databases import create_fresh_database, migrate
+from tests.helpers import data_segments_received
 from tests.server import RunningServer, running_server
 
 MAX_HEADER_BYTES = 16 * 1024  # the default, not set here
@@ -256,3 +257,37 @@ def test_head_is_answered_with_the_get_headers_and_no_body(server: RunningServer
     assert (status, body) == (200, b"")
     assert headers["content-type"] == "application/json"
     assert headers["content-length"] == str(len(b'{"status":"ok"}'))
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One answer with a Content-Length, read whole."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    status, headers, body = parse_answer(data)
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return status, headers, body
+
+
+def test_each_answer_reaches_the_client_in_one_tcp_segment(server: RunningServer) -> None:
+    # uvicorn writes the head, then the body; OneWriteTransport sends them
+    # in one write, so the client reads one segment per answer, not two.
+    created = httpx.post(
+        f"{server.base_url}/users", json={"name": "One Write", "email": "one@example.com", "age": 1}
+    )
+    assert created.status_code == 201, created.text
+    requests = [
+        b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n",
+        f"GET {created.headers['location']} HTTP/1.1\r\nHost: test\r\n\r\n".encode(),
+        b"GET /users?limit=5 HTTP/1.1\r\nHost: test\r\n\r\n",
+        b"GET /users/not-an-id HTTP/1.1\r\nHost: test\r\n\r\n",  # a 422 problem
+    ]
+    with connect(server) as sock:
+        for request in requests:
+            before = data_segments_received(sock)
+            sock.sendall(request)
+            status, headers, body = read_answer(sock)
+            time.sleep(0.05)  # anything written after the answer has arrived by now
+            assert status in (200, 422) and body, (request, status)
+            assert data_segments_received(sock) - before == 1, (request, status, headers)

@@ -41,6 +41,15 @@ restart test. So an idle connection stays open SHUTDOWN_IDLE_LINGER_SECONDS
 rotation after two failed checks 0.5 s apart), and a request that arrives
 on it meanwhile is answered, with `Connection: close`.
 
+Each connection's transport is wrapped in a `OneWriteTransport`: uvicorn
+writes an answer's status line and headers, then its body, in two writes
+(two system calls, two TCP segments for the client to read); the wrapper
+holds the first until the second, or until the event loop's turn ends, and
+sends both in one. Measured with wrk on GET /users/{id} (SQLite, 64
+connections, alternating runs): 2,906 and 3,013 requests/s without it,
+3,885 and 3,698 with it, the server's CPU per request from 342 and 328 µs
+to 257 and 270 µs (docs/performance.md, "One write per answer").
+
 One case is bounded more loosely: a request pipelined right behind one
 with a body, whose first bytes came in the read that ended that body, is
 counted from the next read, so its head may pass the limit by what that
@@ -52,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +98,84 @@ class ConnectionLimits:
         )
 
 
+class OneWriteTransport(asyncio.Transport):
+    """A connection's transport that holds one write back until the next
+    write or the end of the event loop's turn, whichever comes first, and
+    then sends the two together (module notes). It holds at most one write:
+    a body streamed in many writes goes out as it comes, under the real
+    transport's flow control."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is None:
+            if data:
+                self._held = bytes(data)  # a copy only if a buffer the caller may reuse
+                self._loop.call_soon(self._flush)
+            return
+        self._held = None
+        self._transport.writelines((held, data))
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def get_write_buffer_size(self) -> int:
+        held = 0 if self._held is None else len(self._held)
+        return held + self._transport.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits above; uvicorn makes one
     per connection (`serve` passes it as `http=`, with its limits bound)."""
@@ -113,7 +201,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.linger_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(OneWriteTransport(transport, self.loop))
         # uvicorn arms this only once an answer has gone out.
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
