@@ -45,10 +45,10 @@ Each connection's transport is wrapped in a `OneWriteTransport`: uvicorn
 writes an answer's status line and headers, then its body, in two writes
 (two system calls, two TCP segments for the client to read); the wrapper
 holds the first until the second, or until the event loop's turn ends, and
-sends both in one. Measured with wrk on GET /users/{id} (SQLite, 64
-connections, alternating runs): 2,906 and 3,013 requests/s without it,
-3,885 and 3,698 with it, the server's CPU per request from 342 and 328 µs
-to 257 and 270 µs (docs/performance.md, "One write per answer").
+sends both in one. Measured with wrk on the SQLite service (64
+connections, four alternating pairs of runs): GET /users/{id} 2,363 ->
+2,538 requests/s on average, POST /users 1,081 -> 1,113
+(docs/performance.md, "One write per answer").
 
 One case is bounded more loosely: a request pipelined right behind one
 with a body, whose first bytes came in the read that ended that body, is
