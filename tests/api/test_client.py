@@ -3,7 +3,7 @@
 The clients reach the app in process: the sync one through the suite's
 TestClient (`AppTransport`), the async one through httpx.ASGITransport.
 Wrappers around those transports only simulate the network failing
-(an answer lost, a refused connection, a proxy's 503); every answer that
+(an answer lost, a refused connection, a proxy's 503 or 502); every answer that
 counts comes from the real app and its database.
 """
 
@@ -84,7 +84,8 @@ class Network(httpx.BaseTransport, httpx.AsyncBaseTransport):
     `lose_answers`: that many requests reach the app, whose answer is then lost
     (httpx.ReadError). `refuse`: that many requests never leave
     (httpx.ConnectError). `unavailable`: that many get a proxy's 503 with
-    `Retry-After`, without reaching the app.
+    `Retry-After`, without reaching the app. `bad_gateway`: that many reach the
+    app, and get the 502 a proxy sends when it lost the answer (`gateway_status`).
     """
 
     def __init__(
@@ -95,8 +96,12 @@ class Network(httpx.BaseTransport, httpx.AsyncBaseTransport):
         refuse: int = 0,
         unavailable: int = 0,
         retry_after: str = "1",
+        bad_gateway: int = 0,
+        gateway_status: int = 502,
     ) -> None:
         self.inner = inner
+        self.bad_gateway = bad_gateway
+        self.gateway_status = gateway_status
         self.lose_answers = lose_answers
         self.refuse = refuse
         self.unavailable = unavailable
@@ -123,6 +128,10 @@ class Network(httpx.BaseTransport, httpx.AsyncBaseTransport):
         if self.lose_answers:
             self.lose_answers -= 1
             raise httpx.ReadError("connection reset by peer", request=request)
+        if self.bad_gateway:
+            self.bad_gateway -= 1
+            headers = {"Content-Type": "text/html"}
+            return httpx.Response(self.gateway_status, headers=headers, content=b"<h1>Bad</h1>")
         return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -552,6 +561,43 @@ def test_connection_errors_back_off_exponentially_with_full_jitter_up_to_the_att
     assert len(sleeps) == 4
     assert all(0 <= s <= c for s, c in zip(sleeps, ceilings, strict=True)), sleeps
     assert len(set(sleeps)) == 4  # jittered, not fixed
+
+
+def test_a_create_whose_answer_a_proxy_lost_with_a_502_is_retried_and_creates_one_user(
+    client: TestClient, sleeps: Sleeps
+) -> None:
+    # HAProxy answers 502 when the replica running the request dies before
+    # its answer is whole: the create may have run (here it did).
+    network = Network(AppTransport(client), bad_gateway=1)
+
+    with client_through(network, sleeps) as users:
+        user = users.create_user(**ADA)
+
+    keys = network.idempotency_keys()
+    assert len(keys) == 2 and keys[0] is not None and keys[0] == keys[1]
+    assert network.reached_app == 2
+    assert all_users(client) == [json.loads(user.model_dump_json())]
+
+
+def test_a_504_on_a_read_is_retried_but_a_502_on_a_create_without_key_is_raised(
+    client: TestClient, sleeps: Sleeps
+) -> None:
+    with UsersClient(BASE_URL, transport=AppTransport(client)) as setup:
+        user = setup.create_user(**ADA)
+    network = Network(AppTransport(client), bad_gateway=1, gateway_status=504)
+    with client_through(network, sleeps) as users:
+        assert users.get_user(user.id) == user
+    assert network.reached_app == 2 and len(sleeps) == 1
+
+    network = Network(AppTransport(client), bad_gateway=1)
+    with (
+        client_through(network, sleeps, idempotency_keys=False) as users,
+        pytest.raises(UsersServiceError) as raised,
+    ):
+        users.create_user(name="Bob", email="bob@example.com", age=1)
+    assert raised.value.status == 502
+    assert network.reached_app == 1  # not repeated: it did create Bob
+    assert user_count(client) == 2
 
 
 def test_a_503_is_retried_after_its_retry_after(client: TestClient, sleeps: Sleeps) -> None:

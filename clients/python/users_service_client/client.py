@@ -14,8 +14,9 @@ Retries (see `RetryPolicy`):
 - A request that never left (the connection could not be made, or no pooled
   connection was free) is retried whatever it is: the server never saw it.
 - A request that may have reached the server (the connection broke or timed
-  out after it was sent) and a 503 are retried only when repeating the
-  request cannot do more than doing it once:
+  out after it was sent, or a proxy in front of the service answered 502 or
+  504: the service itself never does) and a 503 are retried only when
+  repeating the request cannot do more than doing it once:
 
   * `GET`: reads change nothing.
   * `PUT` and `PATCH`: they set absolute values (a JSON merge patch has no
@@ -533,6 +534,10 @@ class Calls:
 
 # Failures raised before any byte of the request was sent: always safe to retry.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Answers of a proxy in front of the service (HAProxy, a load balancer) that
+# lost the service's answer: a replica died or timed out with the request.
+# The service never sends them. Whether the request ran is unknown.
+GATEWAY_FAILURES = (502, 504)
 
 
 @dataclass(frozen=True)
@@ -577,6 +582,9 @@ class Attempts:
             return None
         if response.status_code == 503 and self.call.retry_unavailable:
             return self._next_delay(retry_after_seconds(response), "503")
+        if response.status_code in GATEWAY_FAILURES:
+            self.outcome_unknown = True
+            return self._next_delay(retry_after_seconds(response), str(response.status_code))
         if (
             response.status_code == 409
             and IDEMPOTENCY_KEY in self.call.headers
