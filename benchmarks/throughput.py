@@ -15,7 +15,14 @@ measured a ceiling of 8,913 then 7,347 requests/s, and SQLite POST at 20%
 then 27% of it (docs/performance.md, "The throughput targets, ninth
 sitting").
 
+BENCH_ROUNDS=n runs the whole measurement n times over the same seeded
+databases (each round's POSTs add to them) and ends with each endpoint's
+median share and its range: two runs of the same code minutes apart have
+differed by a third on one endpoint (SQLite POST at 19% then 27%), so one
+run cannot tell whether a target is held.
+
     make bench
+    BENCH_ROUNDS=3 BENCH_WORKERS=1 make bench
     BENCH_DATABASES=sqlite BENCH_SECONDS=5 BENCH_WORKERS=1 make bench
     BENCH_RATE_LIMITS=bench:1000000 make bench    # with a rate limit checked
 """
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -165,7 +173,9 @@ def main() -> int:
     require_wrk()
     seconds = float(os.environ.get("BENCH_SECONDS", "10"))
     worker_counts = [int(n) for n in os.environ.get("BENCH_WORKERS", "1,2").split(",")]
+    rounds = int(os.environ.get("BENCH_ROUNDS", "1"))
     rates: dict[tuple[int, str, str], float] = {}
+    shares: dict[tuple[int, str], list[float]] = {}
     print(f"# Throughput: wrk, {CONNECTIONS} connections, {seconds:g} s per endpoint; "
           f"{os.cpu_count()} cores; {SEEDED:,} users\n")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="users-bench-") as work_dir:
@@ -182,9 +192,12 @@ def main() -> int:
                 ids_file.write_text("".join(f"{user_id}\n" for user_id in ids))
             engine.dispose()
             databases[backend] = (url, ids_file)
-        for workers in worker_counts:
+        for round_number, workers in (
+            (n, workers) for n in range(1, rounds + 1) for workers in worker_counts
+        ):
+            title = f"## {workers} worker{'s' if workers > 1 else ''}"
             lines = [
-                f"## {workers} worker{'s' if workers > 1 else ''}",
+                title + (f", round {round_number} of {rounds}" if rounds > 1 else ""),
                 "",
                 "| target | requests/s | p50 ms | p99 ms | errors | of ceiling |",
                 "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -208,11 +221,23 @@ def main() -> int:
                 for endpoint, result in results.items():
                     rates[(workers, backend, endpoint)] = result.requests_per_second
                     lines.append(row(f"{backend}: {endpoint}", result, ceiling))
+                    share = result.requests_per_second / ceiling
+                    shares.setdefault((workers, f"{backend}: {endpoint}"), []).append(share)
                 before = after
             lines.append(row("ceiling: GET /ping, at the end", before, ceiling))
             rates[(workers, "ceiling", "")] = sum(ceilings) / len(ceilings)
             lines += ["", "Peak resident memory per worker: " + ", ".join(memory) + "."]
             print("\n".join(lines) + "\n", flush=True)
+    if rounds > 1:
+        print(f"## Share of the ceiling over {rounds} rounds\n")
+        print("| workers | target | median | lowest | highest |")
+        print("| ---: | --- | ---: | ---: | ---: |")
+        for (workers, name), values in shares.items():
+            print(
+                f"| {workers} | {name} | {statistics.median(values):.0%} | "
+                f"{min(values):.0%} | {max(values):.0%} |"
+            )
+        print()
     if len(worker_counts) > 1:
         low, high = worker_counts[0], worker_counts[-1]
         print(f"## Scaling from {low} to {high} workers\n")
