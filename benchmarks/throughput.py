@@ -29,6 +29,7 @@ run cannot tell whether a target is held.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import statistics
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -161,6 +163,25 @@ def drive(server: Server, endpoint: str, ids_file: Path, seconds: float) -> WrkR
     )
 
 
+def error_report(log: Path, results: dict[str, WrkResult]) -> list[str]:
+    """What the errors of a block were: wrk's socket errors, and the
+    answers other than 2xx that the service's access log recorded."""
+    lines = [
+        f"- {endpoint}: {result.socket_error_kinds}"
+        for endpoint, result in results.items()
+        if result.socket_errors
+    ]
+    statuses: Counter[str] = Counter()
+    for line in log.read_text(errors="replace").splitlines():
+        if '"users_service.access"' not in line:
+            continue
+        entry = json.loads(line)
+        if not 200 <= entry["status"] < 300:
+            statuses[f"{entry['method']} {entry['route']} {entry['status']}"] += 1
+    lines += [f"- {answer}: {count} (access log)" for answer, count in statuses.most_common()]
+    return lines
+
+
 def row(name: str, result: WrkResult, ceiling: float) -> str:
     return (
         f"| {name} | {result.requests_per_second:,.0f} | {result.p50_ms:.1f} | "
@@ -206,6 +227,7 @@ def main() -> int:
             before = measure_ceiling(workers, ceiling_log, seconds)
             ceilings = [before.requests_per_second]
             memory = []
+            errors: dict[str, list[str]] = {}
             for backend, (url, ids_file) in databases.items():
                 log = work / f"service-{backend}-{workers}.log"
                 results = {}
@@ -214,6 +236,8 @@ def main() -> int:
                     for endpoint in ENDPOINTS:
                         results[endpoint] = drive(server, endpoint, ids_file, seconds)
                     memory.append(f"{backend} {server.peak_rss_mib():.0f} MiB")
+                if any(r.non_2xx or r.socket_errors for r in results.values()):
+                    errors[backend] = error_report(log, results)
                 after = measure_ceiling(workers, ceiling_log, seconds)
                 ceilings.append(after.requests_per_second)
                 ceiling = (before.requests_per_second + after.requests_per_second) / 2
@@ -227,6 +251,8 @@ def main() -> int:
             lines.append(row("ceiling: GET /ping, at the end", before, ceiling))
             rates[(workers, "ceiling", "")] = sum(ceilings) / len(ceilings)
             lines += ["", "Peak resident memory per worker: " + ", ".join(memory) + "."]
+            for backend, report in errors.items():
+                lines += ["", f"Errors on {backend}:", *report]
             print("\n".join(lines) + "\n", flush=True)
     if rounds > 1:
         print(f"## Share of the ceiling over {rounds} rounds\n")

@@ -24,6 +24,8 @@ class WrkResult:
     p99_ms: float
     non_2xx: int
     socket_errors: int
+    # wrk's own words for its socket errors, when it had any.
+    socket_error_kinds: str = ""
 
 
 def require_wrk() -> str:
@@ -72,4 +74,5 @@ def run_wrk(
         p99_ms=percentiles[99],
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
         socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
+        socket_error_kinds=errors.group(0) if errors else "",
     )
