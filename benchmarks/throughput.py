@@ -49,6 +49,7 @@ from sqlalchemy import func, select
 from benchmarks.databases import backends, fresh_database
 from benchmarks.wrk import WrkResult, require_wrk, run_wrk
 from tests.server import REPO_ROOT, free_port, service_env
+from users_service.logs import ACCESS_LOGGER
 from users_service.models import users
 from users_service.seed import seed_users
 
@@ -173,10 +174,11 @@ def error_report(log: Path, results: dict[str, WrkResult]) -> list[str]:
     ]
     statuses: Counter[str] = Counter()
     for line in log.read_text(errors="replace").splitlines():
-        if '"users_service.access"' not in line:
-            continue
-        entry = json.loads(line)
-        if not 200 <= entry["status"] < 300:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # not a log record: a traceback, say
+        if entry.get("logger") == ACCESS_LOGGER and not 200 <= entry["status"] < 300:
             statuses[f"{entry['method']} {entry['route']} {entry['status']}"] += 1
     lines += [f"- {answer}: {count} (access log)" for answer, count in statuses.most_common()]
     return lines
@@ -216,9 +218,9 @@ def main() -> int:
         for round_number, workers in (
             (n, workers) for n in range(1, rounds + 1) for workers in worker_counts
         ):
-            title = f"## {workers} worker{'s' if workers > 1 else ''}"
             lines = [
-                title + (f", round {round_number} of {rounds}" if rounds > 1 else ""),
+                f"## {workers} worker{'s' if workers > 1 else ''}"
+                + (f", round {round_number} of {rounds}" if rounds > 1 else ""),
                 "",
                 "| target | requests/s | p50 ms | p99 ms | errors | of ceiling |",
                 "| --- | ---: | ---: | ---: | ---: | ---: |",
