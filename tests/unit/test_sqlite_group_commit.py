@@ -80,11 +80,17 @@ async def create(database: SQLiteDatabase, n: int, events: list[str], label: str
     events.append(label)
 
 
-async def wait_for(condition: Callable[[], bool]) -> None:
+async def a_create_committing(
+    database: SQLiteDatabase, events: list[str], label: str
+) -> asyncio.Task[None]:
+    """A create (noting `label` once answered) whose batch's COMMIT, the
+    slow first one, has been handed to the commit's thread."""
+    task = asyncio.create_task(create(database, 0, events, label))
     deadline = time.monotonic() + 5
-    while not condition():
+    while "commit" not in events:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.001)
+    return task
 
 
 def count_users(database: SQLiteDatabase) -> int:
@@ -103,8 +109,7 @@ def test_the_next_batch_is_committing_before_the_batch_before_is_answered(
 
     async def scenario() -> None:
         async with started(database, events, first_delay=0.2):
-            first = asyncio.create_task(create(database, 0, events, "batch 1 answered"))
-            await wait_for(lambda: "commit" in events)
+            first = await a_create_committing(database, events, "batch 1 answered")
             queued = [
                 asyncio.create_task(create(database, n, events, "batch 2 answered"))
                 for n in range(1, 6)
@@ -148,8 +153,7 @@ def test_a_cancelled_commit_finishes_its_commit_and_answers_its_batch(tmp_path: 
 
     async def scenario() -> None:
         async with started(database, events, first_delay=0.3):
-            writer = asyncio.create_task(create(database, 0, events, "answered"))
-            await wait_for(lambda: "commit" in events)
+            writer = await a_create_committing(database, events, "answered")
             committing = database._committing
             assert committing is not None
             committing.cancel()
